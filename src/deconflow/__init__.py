@@ -1,0 +1,26 @@
+"""deconflow: 3D deconvolution of fluorescence microscopy stacks.
+
+The public API is small: :func:`deconvolve` for scripts, :func:`iter_deconvolve`
+for callers that show progress, :class:`DeconvolutionSettings` for settings
+shared with the CLI and YAML files, and :func:`prepare_psf` for bead stacks.
+Importing deconflow does no work and never imports napari or Qt.
+"""
+
+from deconflow._errors import DeconflowError, DeconflowWarning
+from deconflow._version import __version__
+from deconflow.config import DeconvolutionSettings
+from deconflow.pipeline import Progress, Result, deconvolve, iter_deconvolve
+from deconflow.psf import PreparedPSF, prepare_psf
+
+__all__ = [
+    "DeconflowError",
+    "DeconflowWarning",
+    "DeconvolutionSettings",
+    "PreparedPSF",
+    "Progress",
+    "Result",
+    "__version__",
+    "deconvolve",
+    "iter_deconvolve",
+    "prepare_psf",
+]

@@ -1,0 +1,81 @@
+"""Checks at the public boundary: every message says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from deconflow._errors import DeconflowError
+from deconflow._types import VoxelSize
+
+__all__ = ["as_float_image", "check_name", "check_voxel_size"]
+
+
+def check_name(kind: str, name: str, allowed: Iterable[str]) -> None:
+    """Raise when ``name`` is not in ``allowed``, suggesting the closest allowed name."""
+    choices = sorted(allowed)
+    if name in choices:
+        return
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise DeconflowError(f"Unknown {kind} {name!r}.{hint} Choose from: {', '.join(choices)}.")
+
+
+def as_float_image(array: object, what: str) -> np.ndarray:
+    """Validate a 2D/3D real image and return a float32 copy (the input is never modified).
+
+    Parameters
+    ----------
+    array : array-like
+        The image or PSF.
+    what : str
+        ``"image"`` or ``"PSF"``, used in messages.
+    """
+    arr = np.asarray(array)
+    if arr.size == 0:
+        raise DeconflowError(f"The {what} is empty (shape {arr.shape}); pass a non-empty array.")
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DeconflowError(
+            f"The {what} has dtype {arr.dtype}; deconvolution needs real intensities "
+            "(integer or float). Convert a mask or take the magnitude first."
+        )
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DeconflowError(f"The {what} has unsupported dtype {arr.dtype}; pass numbers.")
+    if arr.ndim not in (2, 3):
+        raise DeconflowError(
+            f"The {what} has {arr.ndim} axes (shape {arr.shape}); deconflow.deconvolve takes one "
+            "2D (Y, X) or 3D (Z, Y, X) stack. Split channels and time points first "
+            "(e.g. image[c] or image[t, c])."
+        )
+    # float64 first so that large integers survive the finiteness and overflow checks
+    out = arr.astype(np.float64)
+    if not np.all(np.isfinite(out)):
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        raise DeconflowError(
+            f"The {what} contains {bad} NaN or Inf values; replace them (e.g. with "
+            "np.nan_to_num or the background level) before deconvolving."
+        )
+    return out.astype(np.float32)
+
+
+def check_voxel_size(voxel_size: Sequence[float] | None, ndim: int, what: str) -> VoxelSize | None:
+    """Validate a voxel size: ``ndim`` positive finite numbers in micrometres, or None."""
+    if voxel_size is None:
+        return None
+    try:
+        values = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError) as exc:
+        raise DeconflowError(
+            f"{what} must be a sequence of {ndim} numbers in micrometres, got {voxel_size!r}."
+        ) from exc
+    if len(values) != ndim:
+        order = "(z, y, x)" if ndim == 3 else "(y, x)"
+        raise DeconflowError(
+            f"{what} has {len(values)} entries but the data has {ndim} axes; give {ndim} "
+            f"values ordered {order} in micrometres."
+        )
+    if any(not np.isfinite(v) or v <= 0 for v in values):
+        raise DeconflowError(f"{what} must be positive micrometres, got {values}.")
+    return values

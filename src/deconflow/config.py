@@ -1,0 +1,260 @@
+"""Typed, validated deconvolution settings: one schema for the API, the CLI, the widget and YAML.
+
+The per-method sections *are* the solver dataclasses (``RichardsonLucy``,
+``RichardsonLucyTV``, ``Wiener``): their fields are the options, validated when
+they are built, so the settings and the solvers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import yaml
+
+from deconflow._errors import DeconflowError
+from deconflow._types import VoxelSize
+from deconflow._validate import check_name
+from deconflow.solvers import RichardsonLucy, RichardsonLucyTV, Wiener
+
+__all__ = ["METHODS", "DeconvolutionSettings"]
+
+#: Method name -> settings section (attribute of DeconvolutionSettings) holding its options.
+METHODS: dict[str, str] = {"rl": "rl", "rl-tv": "rl_tv", "wiener": "wiener"}
+#: Options that apply to every method.
+_COMMON_OPTIONS = ("background", "prepare_psf")
+SCHEMA_VERSION = 1
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check ``value`` against a simple annotation (int, float, bool, str, tuple, Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, name)
+            except DeconflowError as exc:
+                errors.append(str(exc))
+        raise DeconflowError(errors[0] if errors else f"{name}: invalid value {value!r}.")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise DeconflowError(f"{name} must be a list of numbers, got {value!r}.")
+        (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
+        return tuple(_coerce(v, item, name) for v in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise DeconflowError(f"{name} must be true or false, got {value!r}.")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DeconflowError(f"{name} must be an integer, got {value!r}.")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DeconflowError(f"{name} must be a number, got {value!r}.")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise DeconflowError(f"{name} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    values = {}
+    for key, value in mapping.items():
+        check_name(f"setting in {where}", key, names)
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class DeconvolutionSettings:
+    """Everything that determines a deconvolution result, except the data.
+
+    Attributes
+    ----------
+    method : str
+        ``"rl"`` (Richardson–Lucy, default), ``"rl-tv"`` or ``"wiener"``.
+    voxel_size_um : tuple of float or None
+        Image voxel size (z, y, x) or (y, x) in micrometres.
+    psf_voxel_size_um : tuple of float or None
+        PSF voxel size; ``None`` means the same as the image's.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    background : float or None
+        Constant background (camera offset + haze) in the image's units;
+        ``None`` estimates it from the image.
+    prepare_psf : bool
+        Treat the PSF as a raw bead stack: subtract its background, centre,
+        crop and normalise it (harmless for an already clean PSF).
+    rl, rl_tv, wiener
+        Options of each method (the solver dataclasses).
+    """
+
+    method: str = "rl"
+    voxel_size_um: VoxelSize | None = None
+    psf_voxel_size_um: VoxelSize | None = None
+    device: str = "auto"
+    background: float | None = None
+    prepare_psf: bool = True
+    rl: RichardsonLucy = field(default_factory=RichardsonLucy)
+    rl_tv: RichardsonLucyTV = field(default_factory=RichardsonLucyTV)
+    wiener: Wiener = field(default_factory=Wiener)
+    schema_version: int = SCHEMA_VERSION
+
+    _SECTIONS: ClassVar[dict[str, type]] = {
+        "rl": RichardsonLucy,
+        "rl_tv": RichardsonLucyTV,
+        "wiener": Wiener,
+    }
+
+    def __post_init__(self) -> None:
+        check_name("method", self.method, METHODS)
+        if self.background is not None and not self.background >= 0:
+            raise DeconflowError(
+                f"background must be >= 0 (or None to estimate it), got {self.background}."
+            )
+        if self.schema_version != SCHEMA_VERSION:
+            raise DeconflowError(
+                f"Settings schema version {self.schema_version} is not supported by this "
+                f"deconflow (it reads version {SCHEMA_VERSION}); upgrade deconflow or write "
+                "the settings again."
+            )
+        for name in ("voxel_size_um", "psf_voxel_size_um"):
+            value = getattr(self, name)
+            if value is not None and any(not v > 0 for v in value):
+                raise DeconflowError(f"{name} must be positive micrometres, got {value}.")
+        if (
+            self.voxel_size_um is not None
+            and self.psf_voxel_size_um is not None
+            and len(self.voxel_size_um) != len(self.psf_voxel_size_um)
+        ):
+            raise DeconflowError(
+                f"voxel_size_um {self.voxel_size_um} and psf_voxel_size_um "
+                f"{self.psf_voxel_size_um} have different lengths; give both as (z, y, x)."
+            )
+
+    @property
+    def solver(self) -> RichardsonLucy | RichardsonLucyTV | Wiener:
+        """The options (solver) of the chosen method."""
+        solver: RichardsonLucy | RichardsonLucyTV | Wiener = getattr(self, METHODS[self.method])
+        return solver
+
+    @classmethod
+    def from_options(
+        cls,
+        method: str = "rl",
+        *,
+        voxel_size: VoxelSize | None = None,
+        psf_voxel_size: VoxelSize | None = None,
+        device: str = "auto",
+        **options: Any,
+    ) -> DeconvolutionSettings:
+        """Build settings from the flat keyword options that :func:`deconflow.deconvolve` takes.
+
+        Raises
+        ------
+        DeconflowError
+            For an unknown method or option; the message names the closest
+            valid option, or the method an option belongs to.
+        """
+        check_name("method", method, METHODS)
+        section = METHODS[method]
+        section_cls = cls._SECTIONS[section]
+        own = [f.name for f in dataclasses.fields(section_cls) if f.init]
+        common: dict[str, Any] = {}
+        method_options: dict[str, Any] = {}
+        for key, value in options.items():
+            if key in _COMMON_OPTIONS:
+                common[key] = value
+            elif key in own:
+                method_options[key] = value
+            else:
+                owners = [
+                    m for m, s in METHODS.items()
+                    if key in {f.name for f in dataclasses.fields(cls._SECTIONS[s])}
+                ]
+                if owners:
+                    raise DeconflowError(
+                        f"Option {key!r} does not apply to method {method!r}; it belongs to "
+                        f"{' and '.join(repr(o) for o in owners)}."
+                    )
+                check_name(f"option for method {method!r}", key, [*own, *_COMMON_OPTIONS])
+        if common.get("background") == "auto":
+            common["background"] = None
+        hints = _field_types(cls)
+        checked = {k: _coerce(v, hints[k], k) for k, v in common.items()}
+        return cls(
+            method=method,
+            voxel_size_um=None if voxel_size is None else tuple(float(v) for v in voxel_size),
+            psf_voxel_size_um=(
+                None if psf_voxel_size is None else tuple(float(v) for v in psf_voxel_size)
+            ),
+            device=str(device),
+            **checked,
+            **{section: _build(section_cls, method_options, section)},
+        )
+
+    # -- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists for tuples), suitable for YAML or JSON."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, mapping: dict[str, Any]) -> DeconvolutionSettings:
+        """Build settings from :meth:`to_dict`'s output, validating every value."""
+        if not isinstance(mapping, dict):
+            raise DeconflowError(f"Settings must be a mapping, got {type(mapping).__name__}.")
+        hints = _field_types(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        values: dict[str, Any] = {}
+        for key, value in mapping.items():
+            check_name("setting", key, names)
+            if key in cls._SECTIONS:
+                if not isinstance(value, dict):
+                    raise DeconflowError(f"Settings section {key!r} must be a mapping.")
+                values[key] = _build(cls._SECTIONS[key], value, key)
+            else:
+                values[key] = _coerce(value, hints[key], key)
+        return cls(**values)
+
+    def to_yaml(self) -> str:
+        """YAML text of the settings, with a header naming the schema."""
+        header = (
+            "# deconflow deconvolution settings (schema version "
+            f"{SCHEMA_VERSION}); null means 'estimate from the data'\n"
+        )
+        return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> DeconvolutionSettings:
+        """Parse :meth:`to_yaml`'s output (or a hand-written subset of it)."""
+        try:
+            mapping = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise DeconflowError(f"Settings are not valid YAML: {exc}") from exc
+        return cls.from_dict(mapping or {})

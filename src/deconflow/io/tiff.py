@@ -1,0 +1,173 @@
+"""TIFF reading and writing with voxel sizes; writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from deconflow._errors import DeconflowError
+from deconflow._types import VoxelSize
+from deconflow.io._atomic import atomic_destination
+
+__all__ = ["TiffImage", "read_tiff", "write_tiff"]
+
+_UNIT_TO_UM = {
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6,
+}
+
+
+@dataclass(frozen=True)
+class TiffImage:
+    """An image read from a TIFF file.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        Pixel data as stored (dtype unchanged).
+    axes : str
+        Axis letters of ``data`` (e.g. ``"ZYX"``, ``"CZYX"``).
+    voxel_size_um : tuple of float or None
+        Voxel size of the spatial axes (z, y, x) or (y, x) in micrometres,
+        ``None`` when the file does not record it.
+    """
+
+    data: np.ndarray
+    axes: str
+    voxel_size_um: VoxelSize | None
+
+
+def _unit_scale(unit: object) -> float:
+    text = str(unit or "um").strip().lower().replace("\\u00b5", "µ")
+    if text in ("", "pixel", "pixels", "none"):
+        return float("nan")
+    return _UNIT_TO_UM.get(text, float("nan"))
+
+
+def _ome_voxel_size(ome_xml: str) -> tuple[float | None, float | None, float | None]:
+    root = ET.fromstring(ome_xml)
+    for element in root.iter():
+        if element.tag.endswith("Pixels"):
+            sizes = []
+            for axis in ("Z", "Y", "X"):
+                value = element.get(f"PhysicalSize{axis}")
+                unit = element.get(f"PhysicalSize{axis}Unit", "µm")
+                sizes.append(None if value is None else float(value) * _unit_scale(unit))
+            return sizes[0], sizes[1], sizes[2]
+    return None, None, None
+
+
+def _resolution_um(page: tifffile.TiffPage, scale: float) -> tuple[float | None, float | None]:
+    sizes: list[float | None] = []
+    for tag in ("YResolution", "XResolution"):
+        value = page.tags.get(tag)
+        if value is None:
+            sizes.append(None)
+            continue
+        num, den = value.value
+        sizes.append(None if num == 0 or den == 0 else (den / num) * scale)
+    return sizes[0], sizes[1]
+
+
+def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
+    """Read a TIFF, ImageJ hyperstack or OME-TIFF with its voxel size.
+
+    Parameters
+    ----------
+    path : str or path-like
+        File to read; it is opened read-only and never modified.
+
+    Returns
+    -------
+    TiffImage
+        Data, axis letters and voxel size (from OME ``PhysicalSize*`` or the
+        ImageJ ``spacing``/``unit`` description plus resolution tags).
+
+    Raises
+    ------
+    DeconflowError
+        When the file is missing or not a readable TIFF.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DeconflowError(f"No such file: {p}. Check the path.")
+    try:
+        with tifffile.TiffFile(p) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            axes = series.axes.upper() if series.axes else ""
+            if "Z" not in axes:
+                # generic image sequences ("I", "Q") of a 3D stack are its z planes
+                axes = axes.replace("I", "Z", 1) if "I" in axes else axes.replace("Q", "Z", 1)
+            if tif.is_ome and tif.ome_metadata:
+                z, y, x = _ome_voxel_size(tif.ome_metadata)
+            else:
+                meta = tif.imagej_metadata or {}
+                scale = _unit_scale(meta.get("unit", "um")) if meta else 1.0
+                y, x = _resolution_um(tif.pages[0], scale)
+                z = float(meta["spacing"]) * scale if "spacing" in meta else None
+                if not meta:
+                    # plain TIFF: resolution tags in inches or cm say nothing about the sample
+                    y = x = None
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, ET.ParseError) as exc:
+        raise DeconflowError(f"Could not read {p} as TIFF ({exc}); is the file complete?") from exc
+    spatial = sum(1 for a in axes if a in "ZYX")
+    values = (z, y, x) if spatial >= 3 else (y, x)
+    voxel: VoxelSize | None
+    if any(v is None or not np.isfinite(v) or v <= 0 for v in values):
+        voxel = None
+    else:
+        voxel = tuple(float(v) for v in values)  # type: ignore[arg-type]
+    return TiffImage(data=data, axes=axes, voxel_size_um=voxel)
+
+
+def write_tiff(
+    path: str | os.PathLike[str],
+    data: np.ndarray,
+    *,
+    voxel_size_um: VoxelSize | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a 2D/3D array as an ImageJ TIFF, atomically.
+
+    The file is written under a temporary name in the destination folder and
+    renamed when complete, so a crash never leaves a half-written file under
+    the final name.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination.
+    data : numpy.ndarray
+        Array with axes (Z, Y, X) or (Y, X).
+    voxel_size_um : tuple of float, optional
+        Voxel size (z, y, x) or (y, x) in micrometres, stored so that Fiji and
+        napari read the right scale.
+    metadata : dict, optional
+        Extra JSON-serialisable key/values stored in the ImageJ description
+        ``Info`` field.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    dest = Path(path)
+    ij_meta: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX", "unit": "um"}
+    resolution = None
+    if voxel_size_um is not None:
+        if data.ndim == 3:
+            ij_meta["spacing"] = float(voxel_size_um[0])
+        resolution = (1.0 / float(voxel_size_um[-2]), 1.0 / float(voxel_size_um[-1]))
+    if metadata:
+        ij_meta["Info"] = json.dumps(metadata, default=str)
+    with atomic_destination(dest) as tmp:
+        tifffile.imwrite(tmp, data, imagej=True, resolution=resolution, metadata=ij_meta)
+    return dest

@@ -1,0 +1,363 @@
+"""Turn a raw bead stack into a PSF the forward model can use.
+
+Steps, in order (each a small function so tests can check it alone):
+
+1. background: median of the stack's outer faces (the bead sits in the middle
+   of a bead stack), noise from their MAD; subtract, clip negatives;
+2. saturation: a flat top at the top of the integer range is reported;
+3. centring: the peak is found on a lightly smoothed copy, the centre of mass
+   is taken in a small box around it, and the stack is moved by a Fourier
+   shift so that this centre lands exactly on the centre voxel;
+4. support: the box around the centre that holds every voxel clearly above
+   the noise, kept symmetric and odd-sized so the centre stays the centre;
+5. resampling to the image's voxel size (z step and pixel size each);
+6. normalisation to sum 1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from deconflow._errors import DeconflowError, DeconflowWarning
+from deconflow._types import FloatArray, Shape, VoxelSize
+
+__all__ = [
+    "PreparedPSF",
+    "centre_of_mass_near_peak",
+    "estimate_psf_background",
+    "find_saturation",
+    "prepare_psf",
+    "resample_psf",
+]
+
+#: Integer ceilings of common camera bit depths; a flat top at one of them is clipping.
+_BIT_DEPTH_CEILINGS = tuple(2**b - 1 for b in (8, 10, 12, 14, 16))
+#: Half-width (voxels) of the box in which the peak's centre of mass is measured.
+_COM_HALF_WIDTH = 2
+#: A voxel belongs to the PSF's support when its smoothed value exceeds this many noise sigmas.
+_SUPPORT_SIGMAS = 4.0
+
+
+@dataclass(frozen=True)
+class PreparedPSF:
+    """A PSF ready for the forward model, with a record of what was done to it.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float32 PSF, odd-sized on every axis, centred on ``shape // 2``, sum 1.
+    voxel_size_um : tuple of float or None
+        Voxel size of ``data``; ``None`` when no voxel size was given.
+    background : float
+        Background (in the raw stack's units) that was subtracted.
+    noise_sigma : float
+        Noise standard deviation estimated from the stack's faces.
+    shift_vox : tuple of float
+        Sub-voxel shift applied to centre the peak (after the integer crop).
+    saturated_voxels : int
+        Voxels at a camera ceiling in the raw stack (0 when not saturated).
+    notes : tuple of str
+        Human-readable remarks (cropping, resampling, saturation, ...).
+    """
+
+    data: FloatArray
+    voxel_size_um: VoxelSize | None
+    background: float
+    noise_sigma: float
+    shift_vox: tuple[float, ...]
+    saturated_voxels: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _faces(stack: FloatArray) -> FloatArray:
+    """Values on the outer faces of the stack (1 voxel thick)."""
+    mask = np.ones(stack.shape, dtype=bool)
+    mask[tuple(slice(1, -1) if n > 2 else slice(None) for n in stack.shape)] = False
+    if not mask.any():
+        return stack.ravel()
+    return stack[mask]
+
+
+def estimate_psf_background(stack: FloatArray) -> tuple[float, float]:
+    """Estimate background level and noise sigma of a bead stack from its faces.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Raw bead stack (any real dtype).
+
+    Returns
+    -------
+    background : float
+        Median of the face voxels.
+    noise_sigma : float
+        Their median absolute deviation scaled to a Gaussian sigma.
+    """
+    faces = np.asarray(_faces(np.asarray(stack, dtype=np.float64)))
+    background = float(np.median(faces))
+    sigma = float(1.4826 * np.median(np.abs(faces - background)))
+    if sigma == 0.0:
+        # low-count integer data: most face voxels share one value, so the MAD is 0
+        sigma = float(np.std(faces))
+    return background, sigma
+
+
+def find_saturation(raw: np.ndarray) -> int:
+    """Count voxels sitting at a camera's integer ceiling (0 when none).
+
+    A single voxel at the maximum is a peak, not clipping; a flat top of two or
+    more voxels at 2^b - 1 (b = 8, 10, 12, 14, 16) or at the dtype's maximum is.
+    """
+    if not np.issubdtype(raw.dtype, np.integer):
+        return 0
+    peak = int(raw.max())
+    ceilings = {*_BIT_DEPTH_CEILINGS, int(np.iinfo(raw.dtype).max)}
+    if peak not in ceilings:
+        return 0
+    count = int(np.count_nonzero(raw == peak))
+    return count if count >= 2 else 0
+
+
+def centre_of_mass_near_peak(psf: FloatArray, half_width: int = _COM_HALF_WIDTH) -> FloatArray:
+    """Centre of mass (voxel coordinates) in a small box around the brightest voxel.
+
+    The maximum is located on a copy smoothed by one voxel so that a single hot
+    pixel does not win; the centre of mass uses the unsmoothed values.
+    """
+    smooth = ndimage.gaussian_filter(psf, sigma=1.0, mode="constant")
+    peak = np.unravel_index(int(np.argmax(smooth)), psf.shape)
+    box = tuple(
+        slice(max(p - half_width, 0), min(p + half_width + 1, n))
+        for p, n in zip(peak, psf.shape, strict=True)
+    )
+    local = np.clip(psf[box], 0.0, None)
+    total = local.sum()
+    if total <= 0:
+        return np.asarray(peak, dtype=np.float64)
+    grids = np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij")
+    return np.asarray([(g * local).sum() / total for g in grids])
+
+
+def _crop_centred(psf: FloatArray, centre: np.ndarray, half: Shape) -> FloatArray:
+    """Odd-sized crop of half-widths ``half`` around integer ``centre``, zero-filled outside."""
+    out = np.zeros(tuple(2 * h + 1 for h in half), dtype=psf.dtype)
+    src, dst = [], []
+    for c, h, n in zip(centre, half, psf.shape, strict=True):
+        lo, hi = int(c) - h, int(c) + h + 1
+        src.append(slice(max(lo, 0), min(hi, n)))
+        dst.append(slice(max(lo, 0) - lo, 2 * h + 1 - (hi - min(hi, n))))
+    out[tuple(dst)] = psf[tuple(src)]
+    return out
+
+
+def _centre_subvoxel(psf: FloatArray, rounds: int = 4) -> tuple[FloatArray, FloatArray]:
+    """Fourier-shift ``psf`` so its near-peak centre of mass sits on the centre voxel.
+
+    The centre of mass in a truncated box moves by slightly less than the shift
+    applied, so the measurement is repeated a few times; each round shifts the
+    original array by the accumulated amount (one interpolation, not several).
+    """
+    centre = np.asarray(psf.shape) // 2
+    spectrum = np.fft.fftn(psf)
+    total = np.zeros(psf.ndim)
+    shifted = psf
+    for _ in range(rounds):
+        error = centre - centre_of_mass_near_peak(shifted)
+        if np.all(np.abs(error) < 1e-3):
+            break
+        total += error
+        shifted = np.clip(np.real(np.fft.ifftn(ndimage.fourier_shift(spectrum, total))), 0.0, None)
+    return shifted, total
+
+
+def _support_half_widths(psf: FloatArray, noise_sigma: float) -> Shape:
+    """Half-widths of the symmetric box holding every voxel clearly above the noise."""
+    centre = np.asarray(psf.shape) // 2
+    smooth = ndimage.gaussian_filter(psf, sigma=1.0, mode="constant")
+    # Smoothing by sigma=1 voxel lowers white noise by ~(2 sqrt(pi))^(ndim/2).
+    smoothed_sigma = noise_sigma / (2.0 * np.sqrt(np.pi)) ** (psf.ndim / 2)
+    threshold = max(_SUPPORT_SIGMAS * smoothed_sigma, 1e-4 * float(smooth.max()))
+    above = smooth > threshold
+    labels, _ = ndimage.label(above)
+    centre_label = labels[tuple(centre)]
+    if centre_label == 0:
+        return tuple(int(c) for c in centre)
+    coords = np.argwhere(labels == centre_label)
+    # one voxel of margin beyond the last significant voxel keeps the tail's edge
+    reach = np.max(np.abs(coords - centre), axis=0) + 1
+    return tuple(int(min(r, c)) for r, c in zip(reach, centre, strict=True))
+
+
+def resample_psf(
+    psf: FloatArray,
+    from_voxel_um: VoxelSize,
+    to_voxel_um: VoxelSize,
+) -> FloatArray:
+    """Resample a centred PSF to another voxel size, keeping its centre on the centre voxel.
+
+    Parameters
+    ----------
+    psf : numpy.ndarray
+        Centred PSF (odd shape, peak at ``shape // 2``).
+    from_voxel_um, to_voxel_um : tuple of float
+        Voxel sizes (z, y, x) or (y, x) in micrometres.
+
+    Returns
+    -------
+    numpy.ndarray
+        Resampled float64 PSF, odd-sized, non-negative, sum 1. When the new
+        voxels are coarser the PSF is low-pass filtered first (as
+        ``skimage.transform.resize`` does) so that it is not aliased.
+    """
+    ratio = np.asarray(to_voxel_um, dtype=np.float64) / np.asarray(from_voxel_um, dtype=np.float64)
+    if np.allclose(ratio, 1.0, rtol=1e-6, atol=0):
+        return psf / psf.sum()
+    source = np.asarray(psf, dtype=np.float64)
+    sigma = np.maximum(0.0, (ratio - 1.0) / 2.0)
+    if np.any(sigma > 0):
+        source = ndimage.gaussian_filter(source, sigma=sigma, mode="constant")
+    old_half = (np.asarray(psf.shape) - 1) / 2.0
+    new_half = np.floor(old_half / ratio).astype(int)
+    axes = [
+        old_half[i] + (np.arange(-new_half[i], new_half[i] + 1)) * ratio[i]
+        for i in range(psf.ndim)
+    ]
+    coords = np.meshgrid(*axes, indexing="ij")
+    out = ndimage.map_coordinates(source, coords, order=3, mode="constant", cval=0.0)
+    out = np.clip(out, 0.0, None)
+    total = out.sum()
+    if total <= 0:
+        raise DeconflowError(
+            "The PSF vanished when resampled to the image's voxel size; check that "
+            "psf_voxel_size and voxel_size are both in micrometres and ordered (z, y, x)."
+        )
+    return out / total
+
+
+def prepare_psf(
+    raw: np.ndarray,
+    *,
+    voxel_size_um: VoxelSize | None = None,
+    target_voxel_size_um: VoxelSize | None = None,
+    max_shape: Shape | None = None,
+) -> PreparedPSF:
+    """Prepare a measured PSF (a raw bead stack) for deconvolution.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Bead stack, 2D or 3D, any real dtype, any size (odd or even).
+    voxel_size_um : tuple of float, optional
+        Voxel size of ``raw`` in micrometres, (z, y, x) or (y, x).
+    target_voxel_size_um : tuple of float, optional
+        Voxel size of the image to deconvolve; the PSF is resampled to it when
+        it differs from ``voxel_size_um``.
+    max_shape : tuple of int, optional
+        Largest allowed PSF shape (usually the image's shape); a larger PSF is
+        cropped around its centre and renormalised, with a note.
+
+    Returns
+    -------
+    PreparedPSF
+        The prepared PSF and a record of the steps.
+
+    Raises
+    ------
+    DeconflowError
+        If the stack is empty, not 2D/3D, not finite, or holds no signal above
+        its background.
+
+    Warns
+    -----
+    DeconflowWarning
+        When the bead is saturated (its peak is clipped, so the PSF's core is
+        too flat) or its peak lies far from the stack's centre.
+    """
+    arr = np.asarray(raw)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise DeconflowError(
+            f"The PSF must be a non-empty 2D (Y, X) or 3D (Z, Y, X) array; got shape {arr.shape}."
+        )
+    if not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.floating):
+        raise DeconflowError(
+            f"The PSF has dtype {arr.dtype}; pass real numbers (integer or float)."
+        )
+    stack = arr.astype(np.float64)
+    if not np.all(np.isfinite(stack)):
+        raise DeconflowError(
+            "The PSF contains NaN or Inf values; replace them (e.g. with the background "
+            "level) before deconvolving."
+        )
+    notes: list[str] = []
+
+    saturated = find_saturation(arr)
+    if saturated:
+        message = (
+            f"The bead stack is saturated: {saturated} voxels sit at the camera ceiling "
+            f"{int(arr.max())}, so the PSF's core is clipped and too flat. Re-acquire the bead "
+            "with a shorter exposure or lower laser power."
+        )
+        notes.append(message)
+        warnings.warn(message, DeconflowWarning, stacklevel=2)
+
+    background, noise_sigma = estimate_psf_background(stack)
+    signal = np.clip(stack - background, 0.0, None)
+    if signal.max() <= max(noise_sigma, 0.0) or signal.sum() <= 0:
+        raise DeconflowError(
+            "The PSF holds no signal above its background (it is flat, all zero or "
+            "negative); check that the right file was loaded."
+        )
+
+    # integer crop centred on the peak, as large as the stack allows, then sub-voxel shift
+    com = centre_of_mass_near_peak(signal)
+    peak_voxel = np.round(com).astype(int)
+    offset = peak_voxel - (np.asarray(stack.shape) - 1) / 2.0
+    if np.any(np.abs(offset) > 3):
+        message = (
+            "The bead's peak is off the stack's centre by "
+            f"{tuple(round(float(o), 1) for o in offset)} voxels (z, y, x); it was re-centred."
+        )
+        notes.append(message)
+        warnings.warn(message, DeconflowWarning, stacklevel=2)
+    # the larger side sets the half-width: zero-fill the short side rather than lose a tail
+    half = tuple(int(max(p, n - 1 - p)) for p, n in zip(peak_voxel, stack.shape, strict=True))
+    cropped = _crop_centred(signal, peak_voxel, half)
+    centred, shift = _centre_subvoxel(cropped)
+
+    support = _support_half_widths(centred, noise_sigma)
+    centre = np.asarray(centred.shape) // 2
+    psf = _crop_centred(centred, centre, support)
+
+    if (
+        voxel_size_um is not None
+        and target_voxel_size_um is not None
+        and not np.allclose(voxel_size_um, target_voxel_size_um, rtol=1e-3)
+    ):
+        psf = resample_psf(psf, voxel_size_um, target_voxel_size_um)
+        notes.append(
+            f"resampled from voxel size {tuple(voxel_size_um)} um to "
+            f"{tuple(target_voxel_size_um)} um"
+        )
+    if max_shape is not None:
+        current = tuple(int(h) for h in np.asarray(psf.shape) // 2)
+        limit = tuple(min(h, (m - 1) // 2) for h, m in zip(current, max_shape, strict=True))
+        if limit != current:
+            notes.append(
+                f"PSF cropped from {psf.shape} to at most the image's shape {tuple(max_shape)}"
+            )
+            psf = _crop_centred(psf, np.asarray(psf.shape) // 2, limit)
+    psf = psf / psf.sum()
+    out_voxel = target_voxel_size_um if target_voxel_size_um is not None else voxel_size_um
+    return PreparedPSF(
+        data=psf.astype(np.float32),
+        voxel_size_um=None if out_voxel is None else tuple(float(v) for v in out_voxel),
+        background=background,
+        noise_sigma=noise_sigma,
+        shift_vox=tuple(float(s) for s in shift),
+        saturated_voxels=saturated,
+        notes=tuple(notes),
+    )

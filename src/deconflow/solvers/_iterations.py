@@ -1,0 +1,59 @@
+"""Shared scaffolding for multiplicative (Richardson–Lucy-type) iterations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+__all__ = ["multiplicative_iterations"]
+
+#: Biggs–Andrews extrapolation is capped below 1 so a run of similar steps cannot diverge.
+_MAX_ACCELERATION = 0.95
+
+
+def multiplicative_iterations(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    iterations: int,
+    *,
+    accelerate: bool,
+) -> Iterator[torch.Tensor]:
+    """Run ``x <- step(x)`` and yield every iterate.
+
+    Parameters
+    ----------
+    step : callable
+        One update of a non-negative estimate.
+    x0 : torch.Tensor
+        First estimate (non-negative).
+    iterations : int
+        Number of updates.
+    accelerate : bool
+        Use the vector extrapolation of Biggs & Andrews (Appl. Opt. 36, 1997):
+        predict ``x + alpha (x - x_prev)`` from the correlation of the last two
+        update vectors, then apply the step to the prediction.
+
+    Yields
+    ------
+    torch.Tensor
+        The estimate after each update (the solver's own buffer: copy it to keep it).
+    """
+    x = x0
+    x_prev: torch.Tensor | None = None
+    g_prev: torch.Tensor | None = None
+    g_prev2: torch.Tensor | None = None
+    for _ in range(iterations):
+        prediction = x
+        if accelerate and x_prev is not None and g_prev is not None and g_prev2 is not None:
+            denom = torch.sum(g_prev2 * g_prev2)
+            alpha = float((torch.sum(g_prev * g_prev2) / denom).item()) if denom > 0 else 0.0
+            alpha = min(max(alpha, 0.0), _MAX_ACCELERATION)
+            if alpha > 0:
+                prediction = (x + alpha * (x - x_prev)).clamp_min_(0.0)
+        x_new = step(prediction)
+        if accelerate:
+            g_prev2, g_prev = g_prev, x_new - prediction
+            x_prev = x
+        x = x_new
+        yield x
