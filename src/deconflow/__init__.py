@@ -10,7 +10,7 @@ from deconflow._errors import DeconflowError, DeconflowWarning
 from deconflow._version import __version__
 from deconflow.config import DeconvolutionSettings
 from deconflow.pipeline import Progress, Result, deconvolve, iter_deconvolve
-from deconflow.psf import PreparedPSF, prepare_psf
+from deconflow.psf import PreparedPSF, confocal_psf, prepare_psf, widefield_psf
 
 __all__ = [
     "DeconflowError",
@@ -20,7 +20,9 @@ __all__ = [
     "Progress",
     "Result",
     "__version__",
+    "confocal_psf",
     "deconvolve",
     "iter_deconvolve",
     "prepare_psf",
+    "widefield_psf",
 ]

@@ -62,7 +62,11 @@ def save_comparison_figure(
         ax_xy.axhline(y0, color="cyan", lw=0.5, alpha=0.6)
         ax_xz = fig.add_subplot(grid[1, col])
         ax_xz.imshow(
-            volume[:, y0, :], cmap="magma", vmin=lo, vmax=hi, aspect=aspect,
+            volume[:, y0, :],
+            cmap="magma",
+            vmin=lo,
+            vmax=hi,
+            aspect=aspect,
             interpolation="nearest",
         )
         ax_xz.set_title(f"xz, y = {y0}", fontsize=9)

@@ -52,17 +52,30 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("image", type=Path, help="input TIFF / OME-TIFF (Z, Y, X)")
     run.add_argument("--psf", type=Path, required=True, help="bead stack or PSF TIFF")
     run.add_argument("-o", "--output", type=Path, required=True, help="output TIFF path")
-    run.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="UM",
-                     help="image voxel size z y x in µm (default: from the file)")
-    run.add_argument("--psf-voxel-size", type=float, nargs="+", default=None, metavar="UM",
-                     help="PSF voxel size z y x in µm (default: from the file, else the image's)")
+    run.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="UM",
+        help="image voxel size z y x in µm (default: from the file)",
+    )
+    run.add_argument(
+        "--psf-voxel-size",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="UM",
+        help="PSF voxel size z y x in µm (default: from the file, else the image's)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_common(run)
     return parser
 
 
-def _settings(args: argparse.Namespace, voxel: Sequence[float] | None,
-              psf_voxel: Sequence[float] | None) -> object:
+def _settings(
+    args: argparse.Namespace, voxel: Sequence[float] | None, psf_voxel: Sequence[float] | None
+) -> object:
     import dataclasses
 
     from deconflow.config import METHODS, DeconvolutionSettings
@@ -102,8 +115,9 @@ def _with_progress(events: Iterator[object], quiet: bool) -> object:
             if isinstance(event, Progress) and not quiet:
                 if event.stage == "solve":
                     if bar is None:
-                        bar = tqdm(total=event.total, desc="deconvolving", unit="it",
-                                   file=sys.stderr)
+                        bar = tqdm(
+                            total=event.total, desc="deconvolving", unit="it", file=sys.stderr
+                        )
                     bar.update(event.step - bar.n)
                 else:
                     print(f"{event.message}…", file=sys.stderr)
@@ -114,8 +128,11 @@ def _with_progress(events: Iterator[object], quiet: bool) -> object:
 
 
 def _deconvolve_files(
-    image_path: Path, psf_path: Path, args: argparse.Namespace,
-    voxel: Sequence[float] | None, psf_voxel: Sequence[float] | None,
+    image_path: Path,
+    psf_path: Path,
+    args: argparse.Namespace,
+    voxel: Sequence[float] | None,
+    psf_voxel: Sequence[float] | None,
 ) -> tuple[object, object]:
     from deconflow.io import read_tiff
     from deconflow.pipeline import iter_deconvolve
@@ -136,8 +153,12 @@ def _write_outputs(result: object, output: Path, extra: dict[str, object]) -> Pa
     from deconflow.io._atomic import atomic_destination
 
     provenance = {**result.provenance(), **extra}  # type: ignore[attr-defined]
-    write_tiff(output, result.image, voxel_size_um=result.settings.voxel_size_um,  # type: ignore[attr-defined]
-               metadata=provenance)
+    write_tiff(
+        output,
+        result.image,
+        voxel_size_um=result.settings.voxel_size_um,  # type: ignore[attr-defined]
+        metadata=provenance,
+    )
     record = output.with_suffix(".json")
     with atomic_destination(record) as tmp:
         tmp.write_text(json.dumps(provenance, indent=2, default=str))
@@ -152,12 +173,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out_dir: Path = args.out.resolve()
     image, result = _deconvolve_files(folder / SAMPLE_IMAGE, folder / SAMPLE_BEAD, args, None, None)
     tiff_path = out_dir / "confocal_grid_deconvolved.tif"
-    _write_outputs(result, tiff_path, {"input": str(folder / SAMPLE_IMAGE),
-                                       "psf_file": str(folder / SAMPLE_BEAD)})
+    _write_outputs(
+        result,
+        tiff_path,
+        {"input": str(folder / SAMPLE_IMAGE), "psf_file": str(folder / SAMPLE_BEAD)},
+    )
     figure_path = save_comparison_figure(
         out_dir / "confocal_grid_comparison.png",
-        [("raw (background included)", image.data.astype("float32")),  # type: ignore[attr-defined]
-         (f"deconvolved ({result.settings.method})", result.image)],  # type: ignore[attr-defined]
+        [
+            ("raw (background included)", image.data.astype("float32")),  # type: ignore[attr-defined]
+            (f"deconvolved ({result.settings.method})", result.image),
+        ],  # type: ignore[attr-defined]
         result.settings.voxel_size_um,  # type: ignore[attr-defined]
         title="deconflow demo: real confocal line grid, PSF measured from a bead",
     )
@@ -178,10 +204,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     if output.exists() and not args.overwrite:
         raise DeconflowError(f"{output} exists; pass --overwrite to replace it.")
-    _, result = _deconvolve_files(image_path, args.psf, args, args.voxel_size,
-                                  args.psf_voxel_size)
-    record = _write_outputs(result, output, {"input": str(image_path),
-                                             "psf_file": str(args.psf.resolve())})
+    _, result = _deconvolve_files(image_path, args.psf, args, args.voxel_size, args.psf_voxel_size)
+    record = _write_outputs(
+        result, output, {"input": str(image_path), "psf_file": str(args.psf.resolve())}
+    )
     if not args.quiet:
         print(f"wrote {output} and {record.name} ({result.elapsed_s:.1f} s on {result.device})")  # type: ignore[attr-defined]
     return _EXIT_OK
@@ -205,8 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one clear line, not a traceback
         if args.verbose:
             traceback.print_exc()
-        print(f"deconflow: unexpected error: {type(exc).__name__}: {exc} "
-              "(run again with --verbose for details)", file=sys.stderr)
+        print(
+            f"deconflow: unexpected error: {type(exc).__name__}: {exc} "
+            "(run again with --verbose for details)",
+            file=sys.stderr,
+        )
         return _EXIT_UNEXPECTED
 
 

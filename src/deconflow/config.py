@@ -187,7 +187,8 @@ class DeconvolutionSettings:
                 method_options[key] = value
             else:
                 owners = [
-                    m for m, s in METHODS.items()
+                    m
+                    for m, s in METHODS.items()
                     if key in {f.name for f in dataclasses.fields(cls._SECTIONS[s])}
                 ]
                 if owners:

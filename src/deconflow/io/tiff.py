@@ -19,8 +19,17 @@ from deconflow.io._atomic import atomic_destination
 __all__ = ["TiffImage", "read_tiff", "write_tiff"]
 
 _UNIT_TO_UM = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6,
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "m": 1e6,
 }
 
 
@@ -116,7 +125,7 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 if not meta:
                     # plain TIFF: resolution tags in inches or cm say nothing about the sample
                     y = x = None
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, ET.ParseError) as exc:
+    except Exception as exc:  # a damaged file can fail anywhere inside tifffile
         raise DeconflowError(f"Could not read {p} as TIFF ({exc}); is the file complete?") from exc
     spatial = sum(1 for a in axes if a in "ZYX")
     values = (z, y, x) if spatial >= 3 else (y, x)
@@ -165,7 +174,8 @@ def write_tiff(
     if voxel_size_um is not None:
         if data.ndim == 3:
             ij_meta["spacing"] = float(voxel_size_um[0])
-        resolution = (1.0 / float(voxel_size_um[-2]), 1.0 / float(voxel_size_um[-1]))
+        # tifffile takes (x, y) pixels per unit
+        resolution = (1.0 / float(voxel_size_um[-1]), 1.0 / float(voxel_size_um[-2]))
     if metadata:
         ij_meta["Info"] = json.dumps(metadata, default=str)
     with atomic_destination(dest) as tmp:

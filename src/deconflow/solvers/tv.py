@@ -117,7 +117,11 @@ class RichardsonLucyTV:
             return torch.where(observable, 1.0 / denominator.clamp_min(1e-30), 0.0)
 
         step = rl_update(
-            y_clipped, operator, inverse_weight, background, floor,
+            y_clipped,
+            operator,
+            inverse_weight,
+            background,
+            floor,
             normaliser=normaliser if tv_weight > 0 else None,
         )
         yield from multiplicative_iterations(step, x0, self.iterations, accelerate=self.accelerate)

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import tifffile
+
+from deconflow import DeconflowError
+from deconflow.io import read_tiff, write_tiff
+from deconflow.io._atomic import atomic_destination
+
+
+def test_round_trip_keeps_data_and_voxel_size(tmp_path):
+    data = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    path = write_tiff(
+        tmp_path / "a.tif", data, voxel_size_um=(0.3, 0.065, 0.065), metadata={"method": "rl"}
+    )
+    image = read_tiff(path)
+    np.testing.assert_array_equal(image.data, data)
+    assert image.axes == "ZYX"
+    np.testing.assert_allclose(image.voxel_size_um, (0.3, 0.065, 0.065), rtol=1e-6)
+    assert '"method": "rl"' in tifffile.TiffFile(path).imagej_metadata["Info"]
+
+
+def test_2d_round_trip(tmp_path):
+    data = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    image = read_tiff(write_tiff(tmp_path / "b.tif", data, voxel_size_um=(0.1, 0.2)))
+    np.testing.assert_array_equal(image.data, data)
+    np.testing.assert_allclose(image.voxel_size_um, (0.1, 0.2), rtol=1e-6)
+
+
+def test_sample_data_voxel_sizes(sample_image, sample_bead):
+    np.testing.assert_allclose(sample_image.voxel_size_um, (0.125, 0.02196, 0.02196), rtol=1e-3)
+    np.testing.assert_allclose(sample_bead.voxel_size_um, (0.125, 0.0225, 0.0225), rtol=1e-3)
+
+
+def test_ome_tiff_physical_sizes_in_nanometres(tmp_path):
+    path = tmp_path / "c.ome.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 5, 6), np.uint16),
+        ome=True,
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeZ": 250.0,
+            "PhysicalSizeZUnit": "nm",
+            "PhysicalSizeY": 0.1,
+            "PhysicalSizeX": 0.1,
+        },
+    )
+    np.testing.assert_allclose(read_tiff(path).voxel_size_um, (0.25, 0.1, 0.1))
+
+
+def test_plain_tiff_has_no_voxel_size(tmp_path):
+    path = tmp_path / "d.tif"
+    tifffile.imwrite(path, np.zeros((4, 5, 6), np.uint16))
+    assert read_tiff(path).voxel_size_um is None
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(DeconflowError, match="No such file"):
+        read_tiff(tmp_path / "nope.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(DeconflowError, match="Could not read"):
+        read_tiff(bad)
+
+
+def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    dest = tmp_path / "out.tif"
+    dest.write_bytes(b"previous result")
+
+    def interrupted_write():
+        with atomic_destination(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        interrupted_write()
+    assert dest.read_bytes() == b"previous result"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]

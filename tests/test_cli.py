@@ -1,0 +1,132 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from deconflow.cli import main
+from deconflow.io import read_tiff
+
+from .conftest import SAMPLE_DATA
+
+
+def test_console_script_resolves_and_help_exits_zero():
+    exe = shutil.which("deconflow")
+    assert exe is not None, "the deconflow console script is not installed"
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "demo" in done.stdout and "run" in done.stdout
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "deconflow" in version.stdout
+
+
+def test_demo_writes_tiff_and_figure(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "deconflow.cli", "demo", "--out", str(tmp_path / "demo"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    tiff = tmp_path / "demo" / "confocal_grid_deconvolved.tif"
+    png = tmp_path / "demo" / "confocal_grid_comparison.png"
+    assert str(tmp_path / "demo") in done.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = read_tiff(tiff)
+    assert result.data.shape == (21, 150, 150) and result.data.dtype == np.float32
+    np.testing.assert_allclose(result.voxel_size_um, (0.125, 0.02196, 0.02196), rtol=1e-3)
+    record = json.loads((tiff.with_suffix(".json")).read_text())
+    assert record["settings"]["method"] == "rl"
+    assert any("resampled" in note for note in record["psf_notes"])
+
+
+def test_run_one_file_and_refuse_to_overwrite_inputs(tmp_path, capsys):
+    image = tmp_path / "grid.tif"
+    shutil.copy(SAMPLE_DATA / "confocal_grid.tif", image)
+    before = image.read_bytes()
+    out = tmp_path / "out" / "grid_rl.tif"
+    args = [
+        "run",
+        str(image),
+        "--psf",
+        str(SAMPLE_DATA / "confocal_bead.tif"),
+        "-o",
+        str(out),
+        "--method",
+        "wiener",
+        "-q",
+    ]
+    assert main(args) == 0
+    assert read_tiff(out).data.shape == (21, 150, 150)
+    assert image.read_bytes() == before
+    assert main(args) == 2  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "run",
+                str(image),
+                "--psf",
+                str(SAMPLE_DATA / "confocal_bead.tif"),
+                "-o",
+                str(image),
+                "-q",
+            ]
+        )
+        == 2
+    )
+    assert "never overwritten" in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    code = main(
+        [
+            "run",
+            str(tmp_path / "missing.tif"),
+            "--psf",
+            str(tmp_path / "p.tif"),
+            "-o",
+            str(tmp_path / "o.tif"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "No such file" in err and "Traceback" not in err
+
+
+def test_config_file_and_bad_method(tmp_path, capsys):
+    config = tmp_path / "s.yaml"
+    config.write_text("method: rl-tv\nrl_tv:\n  iterations: 3\n")
+    out = tmp_path / "o.tif"
+    code = main(
+        [
+            "run",
+            str(SAMPLE_DATA / "confocal_grid.tif"),
+            "--psf",
+            str(SAMPLE_DATA / "confocal_bead.tif"),
+            "-o",
+            str(out),
+            "--config",
+            str(config),
+            "-q",
+        ]
+    )
+    assert code == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["settings"]["method"] == "rl-tv"
+    assert record["settings"]["rl_tv"]["iterations"] == 3
+    code = main(
+        [
+            "run",
+            str(SAMPLE_DATA / "confocal_grid.tif"),
+            "--psf",
+            str(SAMPLE_DATA / "confocal_bead.tif"),
+            "-o",
+            str(tmp_path / "x.tif"),
+            "--method",
+            "rll",
+        ]
+    )
+    assert code == 2 and "Did you mean 'rl'" in capsys.readouterr().err
