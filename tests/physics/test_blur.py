@@ -95,8 +95,8 @@ def test_operator_is_not_mutated_by_calls_and_handles_batches():
 
 def test_fft_grid_is_7_smooth_and_large_enough():
     op = ConvolutionOperator(np.ones((11, 11, 11)), (61, 127, 97))
-    assert op.object_shape == (71, 137, 107)
-    for n, m in zip(op.fft_shape, op.object_shape):
+    assert op.object_shape == op.fft_shape
+    for n, m in zip(op.fft_shape, (71, 137, 107)):  # image + 2 x half-support
         assert n >= m
         k = n
         for p in (2, 3, 5, 7):
@@ -110,11 +110,16 @@ def test_fft_grid_is_7_smooth_and_large_enough():
 def test_adjoint_of_ones_is_one_inside_window_for_normalised_psf():
     psf = np.random.default_rng(5).random((5, 7, 7))
     psf /= psf.sum()
-    op = ConvolutionOperator(psf, (10, 12, 12), dtype=torch.float64)
+    # image + 2c = (11, 16, 16); the FFT grid rounds z up to 12, leaving one slack plane
+    op = ConvolutionOperator(psf, (7, 10, 10), dtype=torch.float64)
+    assert op.object_shape == (12, 16, 16)
     weight = op.adjoint_of_ones()
-    inner = weight[4:-4, 6:-6, 6:-6]  # object voxels whose whole PSF lands in the window
+    # object voxels whose whole PSF lands in the window: 2c .. N - 1 (c = 2, 3, 3)
+    inner = weight[4:7, 6:10, 6:10]
     np.testing.assert_allclose(inner.numpy(), 1.0, atol=1e-12)
-    assert weight.min() > 0 and weight.max() <= 1 + 1e-12
+    reach = weight[:11]  # image + 2c: every voxel sends some light into the window
+    assert reach.min() > 0 and weight.max() <= 1 + 1e-12
+    np.testing.assert_allclose(weight[11].numpy(), 0.0, atol=1e-12)  # the FFT grid's slack
 
 
 def test_crop_and_extend_are_consistent():

@@ -4,14 +4,16 @@ Boundary model
 --------------
 With ``boundary="valid"`` (the default) the operator is *not* circulant: the
 measured stack is a window of a larger object (Bertero & Boccacci, A&A 2005).
-The object lives on an extended domain that is larger than the image by the
-PSF's half-support ``c = psf_shape // 2`` on each side (``object_shape =
-image_shape + 2 c``), and ``H`` maps that object to the measured window only.
-Light from outside the field of view can therefore enter the stack, and no
-wrap-around or ringing is produced at any face of the stack, z included. The
-FFT grid is at least ``object_shape`` long on every axis (rounded up to a
-7-smooth length), which is enough for the circular convolution to equal the
-linear one on the measured window.
+The object lives on an extended domain that reaches at least the PSF's
+half-support ``c = psf_shape // 2`` beyond the image on each side, and ``H``
+maps that object to the measured window only. Light from outside the field of
+view can therefore enter the stack, and no wrap-around or ringing is produced
+at any face of the stack, z included. The FFT grid is ``image_shape + 2 c``
+rounded up to 7-smooth lengths, which is enough for the circular convolution
+to equal the linear one on the measured window, and the object domain *is*
+that grid: the few voxels past ``image_shape + 2 c`` send no light into the
+window (``H^T 1`` is 0 there) and solvers leave them at 0. Keeping object
+tensors the size of the FFT grid spares every iteration a strided copy.
 
 Measured voxel ``n`` sits at object index ``n + c``:
 :meth:`ConvolutionOperator.crop_to_image` and
@@ -89,8 +91,8 @@ class ConvolutionOperator:
         psf_shape = tuple(int(s) for s in psf_t.shape)
         half = tuple(k // 2 for k in psf_shape)
         if boundary == "valid":
-            object_shape = tuple(n + 2 * c for n, c in zip(image_shape, half, strict=True))
-            fft_shape = smooth_shape(object_shape)
+            fft_shape = smooth_shape(n + 2 * c for n, c in zip(image_shape, half, strict=True))
+            object_shape = fft_shape
             # Rolling the PSF by -2c puts the measured window at index 0 of the
             # circular result (see module notes), so A and A_adjoint both crop
             # from the origin.
@@ -274,8 +276,10 @@ class ConvolutionOperator:
         if self._boundary == "periodic":
             return y.clone()
         pad: list[int] = []
-        for c in reversed(self.margin):
-            pad.extend((c, c))
+        for c, n, m in reversed(
+            list(zip(self.margin, self._image_shape, self._object_shape, strict=True))
+        ):
+            pad.extend((c, m - n - c))
         lead = y.shape[: -self._ndim]
         flat = y.reshape(1, -1, *self._image_shape)
         # replicate padding handles at most 3 spatial axes with a (N, C, ...) layout

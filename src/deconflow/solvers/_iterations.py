@@ -46,14 +46,22 @@ def multiplicative_iterations(
     for _ in range(iterations):
         prediction = x
         if accelerate and x_prev is not None and g_prev is not None and g_prev2 is not None:
-            denom = torch.sum(g_prev2 * g_prev2)
-            alpha = float((torch.sum(g_prev * g_prev2) / denom).item()) if denom > 0 else 0.0
+            # flat dot products and one lerp: the extrapolation costs ~4 passes over memory
+            flat2 = g_prev2.reshape(-1)
+            denom = float(torch.dot(flat2, flat2).item())
+            alpha = float(torch.dot(g_prev.reshape(-1), flat2).item()) / denom if denom > 0 else 0.0
             alpha = min(max(alpha, 0.0), _MAX_ACCELERATION)
             if alpha > 0:
-                prediction = (x + alpha * (x - x_prev)).clamp_min_(0.0)
+                # x + alpha (x - x_prev) == lerp(x_prev, x, 1 + alpha)
+                prediction = torch.lerp(x_prev, x, 1.0 + alpha).clamp_min_(0.0)
         x_new = step(prediction)
         if accelerate:
-            g_prev2, g_prev = g_prev, x_new - prediction
+            # reuse the oldest update buffer for the newest update
+            if g_prev2 is not None:
+                g_new = torch.sub(x_new, prediction, out=g_prev2)
+            else:
+                g_new = x_new - prediction
+            g_prev2, g_prev = g_prev, g_new
             x_prev = x
         x = x_new
         yield x

@@ -124,12 +124,10 @@ def rl_update(
 
     def step(x: torch.Tensor) -> torch.Tensor:
         model = operator.A(x)
-        if background:
-            model += background
-        ratio = torch.div(y, model.clamp_min_(floor), out=model)
+        model = model.add_(background).clamp_min_(floor) if background else model.clamp_min_(floor)
+        ratio = torch.div(y, model, out=model)
         correction = operator.A_adjoint(ratio)
-        correction *= inverse_weight if normaliser is None else normaliser(x)
-        correction *= x
+        correction.mul_(inverse_weight if normaliser is None else normaliser(x)).mul_(x)
         return correction
 
     return step
