@@ -35,12 +35,19 @@ Stage = Literal["psf", "operator", "solve"]
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: ``step`` of ``total`` in ``stage``."""
+    """A progress event: ``step`` of ``total`` in ``stage``, for volume ``volume`` of ``volumes``.
+
+    ``volume``/``volumes`` count the 3D (or 2D) volumes of a hyperstack (channels
+    times time points, see :func:`deconflow.hyperstack.iter_deconvolve_hyperstack`);
+    a single stack is volume 0 of 1.
+    """
 
     stage: Stage
     step: int
     total: int
     message: str = ""
+    volume: int = 0
+    volumes: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,13 +92,14 @@ class Result:
         }
 
 
-def _prepared_psf(
+def prepared_psf(
     psf: np.ndarray,
     image_shape: tuple[int, ...],
     settings: DeconvolutionSettings,
     image_voxel: VoxelSize | None,
     psf_voxel: VoxelSize | None,
 ) -> PreparedPSF:
+    """Prepare (or, with ``settings.prepare_psf=False``, only normalise and resample) a PSF."""
     if settings.prepare_psf:
         return prepare_psf(
             psf,
@@ -168,7 +176,7 @@ def iter_deconvolve(
     device = resolve_device(settings.device)
 
     yield Progress("psf", 0, 1, "preparing the PSF")
-    prepared = _prepared_psf(psf_arr, data.shape, settings, image_voxel, psf_voxel)
+    prepared = prepared_psf(psf_arr, data.shape, settings, image_voxel, psf_voxel)
     background = (
         settings.background if settings.background is not None else estimate_background(data)
     )

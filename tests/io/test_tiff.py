@@ -50,7 +50,7 @@ def test_ome_tiff_physical_sizes_in_nanometres(tmp_path):
 
 def test_plain_tiff_has_no_voxel_size(tmp_path):
     path = tmp_path / "d.tif"
-    tifffile.imwrite(path, np.zeros((4, 5, 6), np.uint16))
+    tifffile.imwrite(path, np.zeros((4, 5, 6), np.uint16), photometric="minisblack")
     assert read_tiff(path).voxel_size_um is None
 
 

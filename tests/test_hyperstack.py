@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+import deconflow
+from deconflow import DeconflowError, DeconvolutionSettings, Progress
+from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack, split_axes
+
+
+def _gaussian(shape, sigma):
+    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
+    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
+    return g / g.sum()
+
+
+@pytest.fixture(scope="module")
+def tczyx():
+    rng = np.random.default_rng(0)
+    return rng.poisson(20.0, (2, 3, 6, 20, 20)).astype(np.uint16)
+
+
+def test_each_volume_equals_its_single_stack_run(tczyx):
+    psfs = [_gaussian((5, 7, 7), (1.0, 1.5, 1.5)), _gaussian((5, 7, 7), (1.5, 2.0, 2.0)), None]
+    psfs[2] = psfs[0]
+    settings = DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(3))
+    events = list(iter_deconvolve_hyperstack(tczyx, psfs, settings, axes="TCZYX"))
+    result = events[-1]
+    assert isinstance(result, HyperstackResult)
+    assert result.image.shape == tczyx.shape and result.image.dtype == np.float32
+    assert len(result.psfs) == 3 and len(result.backgrounds) == 6
+    volumes = {e.volume for e in events if isinstance(e, Progress)}
+    assert volumes == set(range(6))
+    assert all(e.volumes == 6 for e in events if isinstance(e, Progress))
+    for t, c in [(0, 0), (1, 1), (1, 2)]:
+        single = deconflow.deconvolve(tczyx[t, c], psfs[c], iterations=3, device="cpu")
+        np.testing.assert_allclose(result.image[t, c], single, rtol=1e-5, atol=1e-5)
+
+
+def test_one_psf_for_all_channels(tczyx):
+    events = list(
+        iter_deconvolve_hyperstack(tczyx[0], _gaussian((5, 7, 7), (1, 1, 1)), axes="CZYX")
+    )
+    assert events[-1].image.shape == tczyx[0].shape
+
+
+@pytest.mark.parametrize(
+    ("axes", "ndim", "fragment"),
+    [
+        ("ZYX", 4, "name 3 dimensions"),
+        ("XYZ", 3, "Unsupported axes"),
+        ("CCZYX", 5, "Unsupported axes"),
+        ("QZYX", 4, "Unsupported axes"),
+    ],
+)
+def test_bad_axes(axes, ndim, fragment):
+    with pytest.raises(DeconflowError, match=fragment):
+        split_axes(axes, ndim)
+
+
+def test_wrong_number_of_psfs(tczyx):
+    psf = _gaussian((5, 7, 7), (1, 1, 1))
+    with pytest.raises(DeconflowError, match="2 PSFs for 3 channels"):
+        list(iter_deconvolve_hyperstack(tczyx, [psf, psf], axes="TCZYX"))
