@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -13,12 +13,19 @@ from deconflow._types import VoxelSize
 __all__ = ["as_float_image", "check_name", "check_voxel_size"]
 
 
-def check_name(kind: str, name: str, allowed: Iterable[str]) -> None:
-    """Raise when ``name`` is not in ``allowed``, suggesting the closest allowed name."""
+def check_name(
+    kind: str, name: str, allowed: Iterable[str], aliases: Mapping[str, str] | None = None
+) -> None:
+    """Raise when ``name`` is not in ``allowed``, suggesting the closest allowed name.
+
+    ``aliases`` maps names people commonly use (``"richardson-lucy"``) to the
+    allowed name to suggest.
+    """
     choices = sorted(allowed)
     if name in choices:
         return
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
+    alias = (aliases or {}).get(str(name).strip().lower().replace("_", "-"))
+    close = [alias] if alias else difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise DeconflowError(f"Unknown {kind} {name!r}.{hint} Choose from: {', '.join(choices)}.")
 
@@ -43,6 +50,13 @@ def as_float_image(array: object, what: str) -> np.ndarray:
         )
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DeconflowError(f"The {what} has unsupported dtype {arr.dtype}; pass numbers.")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) > 4 * arr.shape[-1]:
+        kind = "RGB" if arr.shape[-1] == 3 else "RGBA"
+        raise DeconflowError(
+            f"The {what} has shape {arr.shape}, which looks like an {kind} picture (colour "
+            "last), not a (Z, Y, X) stack. Deconvolve the raw single-channel data instead of a "
+            "rendered screenshot; for a true colour image split the channels (image[..., c])."
+        )
     if arr.ndim not in (2, 3):
         raise DeconflowError(
             f"The {what} has {arr.ndim} axes (shape {arr.shape}); deconflow.deconvolve takes one "

@@ -24,8 +24,19 @@ __all__ = ["METHODS", "DeconvolutionSettings"]
 
 #: Method name -> settings section (attribute of DeconvolutionSettings) holding its options.
 METHODS: dict[str, str] = {"rl": "rl", "rl-tv": "rl_tv", "wiener": "wiener"}
+#: Other names for the methods, used to suggest the right one.
+METHOD_ALIASES: dict[str, str] = {
+    "richardson-lucy": "rl",
+    "lucy-richardson": "rl",
+    "richardsonlucy": "rl",
+    "rltv": "rl-tv",
+    "richardson-lucy-tv": "rl-tv",
+    "tv": "rl-tv",
+    "tikhonov": "wiener",
+    "wiener-tikhonov": "wiener",
+}
 #: Options that apply to every method.
-_COMMON_OPTIONS = ("background", "prepare_psf")
+_COMMON_OPTIONS = ("background", "prepare_psf", "tile_shape", "memory_budget_gb")
 SCHEMA_VERSION = 1
 
 
@@ -103,6 +114,12 @@ class DeconvolutionSettings:
     prepare_psf : bool
         Treat the PSF as a raw bead stack: subtract its background, centre,
         crop and normalise it (harmless for an already clean PSF).
+    tile_shape : tuple of int or None
+        Largest tile (z, y, x) in voxels; ``None`` tiles only when the stack
+        would not fit the memory budget.
+    memory_budget_gb : float or None
+        Memory a run may use; ``None`` means 50 % of the available RAM on the
+        CPU, 80 % of the free GPU memory on CUDA.
     rl, rl_tv, wiener
         Options of each method (the solver dataclasses).
     """
@@ -113,6 +130,8 @@ class DeconvolutionSettings:
     device: str = "auto"
     background: float | None = None
     prepare_psf: bool = True
+    tile_shape: tuple[int, ...] | None = None
+    memory_budget_gb: float | None = None
     rl: RichardsonLucy = field(default_factory=RichardsonLucy)
     rl_tv: RichardsonLucyTV = field(default_factory=RichardsonLucyTV)
     wiener: Wiener = field(default_factory=Wiener)
@@ -125,7 +144,7 @@ class DeconvolutionSettings:
     }
 
     def __post_init__(self) -> None:
-        check_name("method", self.method, METHODS)
+        check_name("method", self.method, METHODS, METHOD_ALIASES)
         if self.background is not None and not self.background >= 0:
             raise DeconflowError(
                 f"background must be >= 0 (or None to estimate it), got {self.background}."
@@ -135,6 +154,15 @@ class DeconvolutionSettings:
                 f"Settings schema version {self.schema_version} is not supported by this "
                 f"deconflow (it reads version {SCHEMA_VERSION}); upgrade deconflow or write "
                 "the settings again."
+            )
+        if self.tile_shape is not None and any(t < 8 for t in self.tile_shape):
+            raise DeconflowError(
+                f"tile_shape must be at least 8 voxels per axis, got {self.tile_shape}."
+            )
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise DeconflowError(
+                f"memory_budget_gb must be > 0 (or None for automatic), got "
+                f"{self.memory_budget_gb}."
             )
         for name in ("voxel_size_um", "psf_voxel_size_um"):
             value = getattr(self, name)
@@ -174,7 +202,7 @@ class DeconvolutionSettings:
             For an unknown method or option; the message names the closest
             valid option, or the method an option belongs to.
         """
-        check_name("method", method, METHODS)
+        check_name("method", method, METHODS, METHOD_ALIASES)
         section = METHODS[method]
         section_cls = cls._SECTIONS[section]
         own = [f.name for f in dataclasses.fields(section_cls) if f.init]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from deconflow._errors import DeconflowError
-from deconflow._validate import as_float_image, check_voxel_size
+from deconflow._validate import check_voxel_size
 from deconflow._version import __version__
 from deconflow.config import DeconvolutionSettings
 from deconflow.pipeline import Progress, Result, iter_deconvolve, prepared_psf
@@ -142,10 +142,7 @@ def iter_deconvolve_hyperstack(
     psf_voxel = check_voxel_size(settings.psf_voxel_size_um, len(spatial), "psf_voxel_size")
     psf_voxel = psf_voxel if psf_voxel is not None else image_voxel
     spatial_shape = data.shape[len(leading) :]
-    prepared = [
-        prepared_psf(as_float_image(p, "PSF"), spatial_shape, settings, image_voxel, psf_voxel)
-        for p in psfs
-    ]
+    prepared = [prepared_psf(p, spatial_shape, settings, image_voxel, psf_voxel) for p in psfs]
     # prepared PSFs already sit at the image's voxel size: the inner runs only normalise them
     inner = dataclasses.replace(settings, prepare_psf=False, psf_voxel_size_um=image_voxel)
     out = np.empty(data.shape, dtype=np.float32)

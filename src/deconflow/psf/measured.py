@@ -90,6 +90,9 @@ def estimate_psf_background(stack: FloatArray) -> tuple[float, float]:
     stack : numpy.ndarray
         Raw bead stack (any real dtype).
 
+    A stack thinner than 5 voxels along any axis has no faces apart from the
+    bead: it is taken as already background-free (0, 0).
+
     Returns
     -------
     background : float
@@ -97,6 +100,9 @@ def estimate_psf_background(stack: FloatArray) -> tuple[float, float]:
     noise_sigma : float
         Their median absolute deviation scaled to a Gaussian sigma.
     """
+    if min(np.shape(stack)) < 5:
+        # too small to have faces apart from the bead: a computed or already cleaned PSF
+        return 0.0, 0.0
     faces = np.asarray(_faces(np.asarray(stack, dtype=np.float64)))
     background = float(np.median(faces))
     sigma = float(1.4826 * np.median(np.abs(faces - background)))

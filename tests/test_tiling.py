@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import deconflow
+from deconflow import DeconflowError, DeconvolutionSettings, Progress
+from deconflow.physics import ConvolutionOperator
+from deconflow.pipeline import run_to_result
+from deconflow.tiling import blend_weight, estimate_bytes, plan_tiles
+
+
+def _gaussian(shape, sigma):
+    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
+    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
+    return g / g.sum()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    rng = np.random.default_rng(0)
+    psf = _gaussian((9, 11, 11), (1.5, 1.5, 1.5))
+    op = ConvolutionOperator(psf, (20, 96, 96), dtype=torch.float64)
+    points = np.zeros(op.object_shape)
+    points[tuple(rng.integers(0, 40, (3, 300)) % np.array(op.object_shape)[:, None])] = 1.0
+    truth = ndimage.gaussian_filter(points, 1.0) * 20000.0
+    image = rng.poisson(op.A(torch.tensor(truth)).numpy() + 50.0).astype(np.float32)
+    return image, psf
+
+
+@pytest.mark.parametrize("shape", [(20, 150, 150), (40, 101, 77), (130, 131)])
+def test_tiles_cover_the_stack_and_weights_partition_unity(shape):
+    psf_shape = (9, 11, 11)[-len(shape) :]
+    plan = plan_tiles(
+        shape, psf_shape, "rl", budget_bytes=10**12, max_tile_shape=(48,) * len(shape)
+    )
+    assert plan.count > 1
+    total = np.zeros(shape, np.float32)
+    covered = np.zeros(shape, int)
+    for tile in plan.tiles:
+        w = blend_weight(tile, shape, plan.overlap)
+        assert w.min() > 0
+        total[tile] += w
+        covered[tile] += 1
+    assert covered.min() >= 1
+    # where exactly two tiles meet with the planned overlap, the ramps add to 1
+    assert np.isclose(total, 1.0).mean() > 0.5
+
+
+def test_single_tile_when_it_fits():
+    plan = plan_tiles((20, 96, 96), (9, 11, 11), "rl", budget_bytes=10**12)
+    assert plan.count == 1
+    assert plan.tiles[0] == (slice(0, 20), slice(0, 96), slice(0, 96))
+
+
+def test_budget_drives_the_tile_count():
+    whole = estimate_bytes((64, 256, 256), (31, 63, 63), "rl")
+    plan = plan_tiles((64, 256, 256), (31, 63, 63), "rl", budget_bytes=whole // 3)
+    assert plan.count > 1
+    assert all(
+        estimate_bytes(tuple(s.stop - s.start for s in t), (31, 63, 63), "rl") <= whole // 3
+        for t in plan.tiles
+    )
+
+
+@pytest.mark.parametrize("method", ["rl", "wiener"])
+def test_tiled_equals_untiled_within_noise(stack, method):
+    image, psf = stack
+    whole = deconflow.deconvolve(image, psf, method=method, device="cpu")
+    settings = DeconvolutionSettings(method=method, device="cpu", tile_shape=(20, 48, 48))
+    events = list(deconflow.iter_deconvolve(image, psf, settings))
+    tiled = events[-1]
+    assert any("tiles" in note for note in tiled.notes)
+    tiles_seen = {e.tile for e in events if isinstance(e, Progress) and e.stage == "solve"}
+    assert len(tiles_seen) > 1
+    difference = np.linalg.norm(tiled.image - whole) / np.linalg.norm(whole)
+    noise = np.linalg.norm(np.sqrt(image)) / np.linalg.norm(whole)  # Poisson noise level
+    assert difference < 0.25 * noise, (difference, noise)
+
+
+def test_small_memory_budget_tiles_automatically(stack):
+    image, psf = stack
+    budget_gb = estimate_bytes(image.shape, (9, 11, 11), "rl") / 2.5 / 1e9
+    result = run_to_result(
+        deconflow.iter_deconvolve(
+            image, psf, DeconvolutionSettings(device="cpu", memory_budget_gb=budget_gb)
+        )
+    )
+    assert any("over the" in note and "budget" in note for note in result.notes)
+    assert result.image.shape == image.shape
+
+
+def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monkeypatch):
+    image, psf = stack
+    import deconflow.pipeline as pipeline
+
+    real = pipeline._solve_block
+    calls = {"n": 0}
+
+    def flaky(block, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return (yield from real(block, *args, **kwargs))
+
+    monkeypatch.setattr(pipeline, "_solve_block", flaky)
+    result = run_to_result(
+        deconflow.iter_deconvolve(
+            image, psf, DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(2))
+        )
+    )
+    assert any("retried" in note for note in result.notes)
+
+    def always(block, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("simulated")
+        yield  # pragma: no cover - makes this a generator
+
+    monkeypatch.setattr(pipeline, "_solve_block", always)
+    with pytest.raises(DeconflowError, match="Out of cpu memory"):
+        run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
