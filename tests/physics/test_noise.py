@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 from scipy import ndimage
 
-from deconflow.physics.noise import estimate_background, estimate_noise_sigma
+from deconflow.physics.noise import estimate_background, estimate_camera_noise, estimate_noise_sigma
 
 
 def _blurred_structure(rng, shape=(16, 96, 96)):
@@ -25,3 +26,28 @@ def test_background_of_sparse_poisson_stack_with_offset():
         noisy = rng.poisson(clean + offset).astype(np.float32)
         estimate = estimate_background(noisy)
         assert abs(estimate - offset) < 0.1 * offset + 0.5
+
+
+@pytest.mark.parametrize(
+    ("gain", "offset", "read_sigma", "peak_photons"),
+    [
+        (2.5, 100.0, 3.0, 200.0),
+        (1.0, 0.0, 2.0, 80.0),
+        (4.0, 1000.0, 6.0, 750.0),
+        (1.5, 200.0, 2.0, 20.0),
+    ],
+)
+def test_camera_noise_is_recovered_within_10_percent(gain, offset, read_sigma, peak_photons):
+    rng = np.random.default_rng(int(gain * 10))
+    points = np.zeros((24, 128, 128))
+    points[tuple(rng.integers(0, [24, 128, 128], (300, 3)).T)] = 1.0
+    photons = ndimage.gaussian_filter(points, (2.0, 3.0, 3.0))
+    photons *= peak_photons / photons.max()
+    image = offset + gain * rng.poisson(photons) + rng.normal(0.0, read_sigma, photons.shape)
+    noise = estimate_camera_noise(image)
+    assert abs(noise.gain / gain - 1) < 0.1
+    assert abs(noise.read_sigma / read_sigma - 1) < 0.1
+    assert abs(noise.offset - offset) < 0.1 * read_sigma + 0.01 * offset
+    # a given offset is kept
+    assert estimate_camera_noise(image, offset=offset).offset == offset
+    np.testing.assert_allclose(noise.to_photons(offset + 3 * gain), 3.0, rtol=0.15)

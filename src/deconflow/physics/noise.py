@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["estimate_background", "estimate_noise_sigma"]
+__all__ = ["CameraNoise", "estimate_background", "estimate_camera_noise", "estimate_noise_sigma"]
 
 #: Share (percent) of voxels with the darkest neighbourhoods that define the background.
 _BACKGROUND_PERCENTILE = 5.0
+
+
+def _hollow_mean(arr: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
+    """Gaussian neighbourhood mean that leaves each voxel out of its own neighbourhood.
+
+    Selecting voxels by a mean that contains their own noise biases any
+    statistic of those voxels (a dark-looking neighbourhood is partly a dark
+    voxel); leaving the voxel out removes that. Normalised convolution keeps the
+    stack's faces unbiased too.
+    """
+    smooth = ndimage.gaussian_filter(arr, sigma=sigma, mode="constant")
+    mass = ndimage.gaussian_filter(np.ones_like(arr), sigma=sigma, mode="constant")
+    impulse = np.zeros((9,) * arr.ndim)
+    impulse[(4,) * arr.ndim] = 1.0
+    self_weight = float(ndimage.gaussian_filter(impulse, sigma=sigma, mode="constant").max())
+    return (smooth - self_weight * arr) / (mass - self_weight)
 
 
 def estimate_background(image: np.ndarray) -> float:
@@ -34,15 +52,7 @@ def estimate_background(image: np.ndarray) -> float:
         Background level in the image's units.
     """
     arr = np.asarray(image, dtype=np.float64)
-    sigma = (1.0, 2.0, 2.0)[-arr.ndim :]
-    # normalised convolution: zero padding plus division by the kernel mass that fell
-    # inside, so that no voxel (an edge voxel under mirror padding) weighs in twice
-    smooth = ndimage.gaussian_filter(arr, sigma=sigma, mode="constant")
-    mass = ndimage.gaussian_filter(np.ones_like(arr), sigma=sigma, mode="constant")
-    impulse = np.zeros((9,) * arr.ndim)
-    impulse[(4,) * arr.ndim] = 1.0
-    self_weight = float(ndimage.gaussian_filter(impulse, sigma=sigma, mode="constant").max())
-    neighbourhood = (smooth - self_weight * arr) / (mass - self_weight)
+    neighbourhood = _hollow_mean(arr, (1.0, 2.0, 2.0)[-arr.ndim :])
     darkest = neighbourhood <= np.percentile(neighbourhood, _BACKGROUND_PERCENTILE)
     return float(arr[darkest].mean())
 
@@ -79,3 +89,102 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
         # quantised low-count data can have a zero MAD; the plain spread still measures it
         sigma = float(np.std(residual)) / np.sqrt(1.25)
     return float(sigma)
+
+
+@dataclass(frozen=True)
+class CameraNoise:
+    """Poisson–Gaussian camera model: ``y = offset + gain * Poisson(photons) + N(0, read_sigma^2)``.
+
+    Its variance is linear in the mean: ``Var[y] = gain * (E[y] - offset) + read_sigma^2``.
+
+    Attributes
+    ----------
+    gain : float
+        ADU per photon.
+    offset : float
+        Camera offset (ADU of a dark pixel).
+    read_sigma : float
+        Read-noise standard deviation in ADU.
+    """
+
+    gain: float
+    offset: float
+    read_sigma: float
+
+    def variance(self, mean: np.ndarray | float) -> np.ndarray | float:
+        """Noise variance (ADU^2) at a given mean level (ADU)."""
+        return self.gain * (np.asarray(mean) - self.offset) + self.read_sigma**2
+
+    def to_photons(self, image: np.ndarray) -> np.ndarray:
+        """Convert ADU to photon counts: ``(y - offset) / gain``."""
+        return (np.asarray(image, dtype=np.float64) - self.offset) / self.gain
+
+
+def estimate_camera_noise(
+    image: np.ndarray,
+    *,
+    offset: float | None = None,
+    bins: int = 24,
+) -> CameraNoise:
+    """Estimate gain, offset and read noise from the stack itself (mean–variance regression).
+
+    Voxels are grouped into ``bins`` quantile bins of their neighbourhood mean
+    (a Gaussian mean that leaves the voxel itself out, so the grouping does not
+    select on the voxel's own noise); in each bin the flattest 80 %
+    (least signal curvature, which would leak into the residual) give the
+    noise variance from the in-plane residual ``y - mean of 4 neighbours``,
+    and the bin's level is the mean of its raw values. A line
+    ``Var = gain * mean + b`` is fitted through the bins, weighted by counts;
+    its slope is the gain. Offset and read noise are not separable from one
+    line: the offset is the mean of the darkest neighbourhoods (right when
+    part of the field is truly dark), unless given, and the read noise is the
+    noise measured there.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2D or 3D raw stack in ADU.
+    offset : float, optional
+        Known camera offset (from a dark frame or the camera's data sheet).
+    bins : int
+        Number of intensity bins.
+
+    Returns
+    -------
+    CameraNoise
+        The estimated model (gain >= 1e-6).
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    in_plane = (1.0,) * (arr.ndim - 2)
+    interior = (..., slice(1, -1), slice(1, -1))
+    level = _hollow_mean(arr, (*in_plane, 2.0, 2.0))[interior].ravel()
+    core = arr[interior]
+    neighbours = (
+        arr[..., :-2, 1:-1] + arr[..., 2:, 1:-1] + arr[..., 1:-1, :-2] + arr[..., 1:-1, 2:]
+    ) / 4.0
+    residual = (core - neighbours).ravel()  # variance 1.25 Var[y] where the signal is flat
+    flat_sigma = (0.0,) * (arr.ndim - 2) + (2.5, 2.5)
+    curvature = np.abs(ndimage.gaussian_laplace(arr, sigma=flat_sigma))[interior].ravel()
+    values = core.ravel()
+    edges = np.unique(np.quantile(level, np.linspace(0.0, 0.98, bins + 1)))
+    which = np.digitize(level, edges[1:-1])
+    centres, variances, counts = [], [], []
+    for b in range(len(edges) - 1):
+        selected = which == b
+        if int(selected.sum()) < 50:
+            continue
+        flat = curvature[selected] <= np.quantile(curvature[selected], 0.8)
+        centres.append(float(values[selected].mean()))
+        variances.append(float(np.var(residual[selected][flat]) / 1.25))
+        counts.append(int(selected.sum()))
+    dark = level <= np.quantile(level, 0.05)
+    dark_variance = float(np.var(residual[dark]) / 1.25)
+    dark_level = float(values[dark].mean())
+    if len(centres) < 2:
+        return CameraNoise(gain=1.0, offset=dark_level, read_sigma=float(np.sqrt(dark_variance)))
+    slope, _ = np.polyfit(centres, variances, 1, w=np.sqrt(counts))
+    gain = max(float(slope), 1e-6)
+    camera_offset = dark_level if offset is None else float(offset)
+    # photons still present at the dark level (when an offset is given) add gain * their mean
+    read_variance = max(dark_variance - gain * (dark_level - camera_offset), 0.0)
+    return CameraNoise(gain=gain, offset=camera_offset, read_sigma=float(np.sqrt(read_variance)))
