@@ -2,11 +2,14 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
+import tifffile
 
+from deconflow import cli
 from deconflow.cli import main
-from deconflow.io import read_tiff
+from deconflow.io import read_ome_description, read_tiff
 
 from .conftest import SAMPLE_DATA
 
@@ -16,7 +19,9 @@ def test_console_script_resolves_and_help_exits_zero():
     assert exe is not None, "the deconflow console script is not installed"
     done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    assert "demo" in done.stdout and "run" in done.stdout
+    assert all(name in done.stdout for name in ("demo", "run", "batch"))
+    batch = subprocess.run([exe, "batch", "--help"], capture_output=True, text=True, timeout=60)
+    assert batch.returncode == 0 and "--scheduler" in batch.stdout
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and "deconflow" in version.stdout
 
@@ -130,3 +135,40 @@ def test_config_file_and_bad_method(tmp_path, capsys):
         ]
     )
     assert code == 2 and "Did you mean 'rl'" in capsys.readouterr().err
+
+
+def test_run_a_hyperstack_keeps_axes_and_voxel_size(tmp_path):
+    rng = np.random.default_rng(0)
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(
+        image,
+        rng.poisson(10.0, (6, 2, 20, 20)).astype(np.uint16),
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "um"},
+    )
+    out = tmp_path / "cells_rl.tif"
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    options = ["--iterations", "2", "--psf-voxel-size", "0.125", "0.0225", "0.0225", "-q"]
+    code = main(["run", str(image), "--psf", psf, "-o", str(out), *options])
+    assert code == 0
+    result = read_tiff(out)
+    assert result.axes == "ZCYX" and result.data.shape == (6, 2, 20, 20)
+    np.testing.assert_allclose(result.voxel_size_um, (0.3, 0.1, 0.1), rtol=1e-6)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert read_ome_description(out) == record
+    assert record["settings"]["psf_voxel_size_um"] == [0.125, 0.0225, 0.0225]
+
+
+def test_another_module_can_register_a_subcommand(monkeypatch, capsys):
+    def register(subparsers):
+        train = subparsers.add_parser("train", help="train a prior")
+        train.add_argument("--epochs", type=int, default=1)
+        train.set_defaults(handler=lambda args: print(f"trained {args.epochs}") or 0)
+
+    module = types.ModuleType("fake_train_cli")
+    module.register = register
+    monkeypatch.setitem(sys.modules, "fake_train_cli", module)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "fake_train_cli"))
+    assert main(["train", "--epochs", "3"]) == 0
+    assert capsys.readouterr().out == "trained 3\n"

@@ -94,27 +94,36 @@ def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monk
     image, psf = stack
     import deconflow.pipeline as pipeline
 
-    real = pipeline._solve_block
+    real = pipeline.classical_block_solver
     calls = {"n": 0}
 
-    def flaky(block, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise torch.cuda.OutOfMemoryError("simulated")
-        return (yield from real(block, *args, **kwargs))
+    def flaky_factory(*args, **kwargs):
+        solve = real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_solve_block", flaky)
+        def flaky(block, tile, tiles):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            return (yield from solve(block, tile, tiles))
+
+        return flaky
+
+    monkeypatch.setattr(pipeline, "classical_block_solver", flaky_factory)
     result = run_to_result(
         deconflow.iter_deconvolve(
             image, psf, DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(2))
         )
     )
     assert any("retried" in note for note in result.notes)
+    assert result.image.shape == image.shape
 
-    def always(block, *args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("simulated")
-        yield  # pragma: no cover - makes this a generator
+    def always_factory(*args, **kwargs):
+        def always(block, tile, tiles):
+            raise torch.cuda.OutOfMemoryError("simulated")
+            yield  # pragma: no cover - makes this a generator
 
-    monkeypatch.setattr(pipeline, "_solve_block", always)
+        return always
+
+    monkeypatch.setattr(pipeline, "classical_block_solver", always_factory)
     with pytest.raises(DeconflowError, match="Out of cpu memory"):
         run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))

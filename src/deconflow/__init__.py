@@ -9,7 +9,14 @@ Importing deconflow does no work and never imports napari or Qt.
 from deconflow._errors import DeconflowError, DeconflowWarning
 from deconflow._version import __version__
 from deconflow.config import DeconvolutionSettings
-from deconflow.pipeline import Progress, Result, deconvolve, iter_deconvolve
+from deconflow.pipeline import (
+    Progress,
+    Result,
+    UncertaintyResult,
+    deconvolve,
+    deconvolve_with_uncertainty,
+    iter_deconvolve,
+)
 from deconflow.psf import PreparedPSF, confocal_psf, prepare_psf, widefield_psf
 
 __all__ = [
@@ -19,9 +26,11 @@ __all__ = [
     "PreparedPSF",
     "Progress",
     "Result",
+    "UncertaintyResult",
     "__version__",
     "confocal_psf",
     "deconvolve",
+    "deconvolve_with_uncertainty",
     "iter_deconvolve",
     "prepare_psf",
     "widefield_psf",

@@ -1,58 +1,65 @@
-"""The ``deconflow`` command: a thin shell over :mod:`deconflow.pipeline`.
+"""The ``deconflow`` command: a thin shell over :mod:`deconflow.batch` and the pipeline.
 
-Commands: ``demo`` (bundled sample), ``run`` (one file). Errors print one line
-(a traceback only with ``--verbose``) and exit non-zero.
+Commands: ``demo`` (bundled sample), ``run`` (one file), ``batch`` (many files,
+see :mod:`deconflow.batch.command`). Errors print one line (a traceback only
+with ``--verbose``) and exit non-zero.
+
+A module adds a subcommand with a function ``register(subparsers)`` that calls
+``subparsers.add_parser(...)`` and sets ``handler`` (a function taking the
+parsed arguments and returning the exit status) with ``set_defaults``; listing
+the module in :data:`COMMAND_MODULES` makes it part of the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from deconflow._errors import DeconflowError
 from deconflow._version import __version__
 
-__all__ = ["main"]
+__all__ = [
+    "COMMAND_MODULES",
+    "add_common_arguments",
+    "add_voxel_arguments",
+    "check_voxel_argument",
+    "main",
+    "register",
+]
+
+#: Modules whose ``register(subparsers)`` adds subcommands, in ``--help`` order.
+COMMAND_MODULES: tuple[str, ...] = ("deconflow.cli", "deconflow.batch.command")
 
 _EXIT_OK = 0
 _EXIT_UNEXPECTED = 1
 _EXIT_BAD_INPUT = 2
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the settings flags (overriding ``--config``) and verbosity flags of every command."""
     parser.add_argument(
         "--method", default=None, help="rl (default), rl-tv or wiener; overrides --config"
     )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--iterations", type=int, default=None, help="solver iterations")
+    parser.add_argument(
+        "--background", default=None, help="background in the image's units, or 'auto'"
+    )
     parser.add_argument("--config", type=Path, default=None, help="settings YAML file")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deconflow",
-        description="Deconvolve 3D fluorescence microscopy stacks with a measured PSF.",
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every file; tracebacks on errors"
     )
-    parser.add_argument("--version", action="version", version=f"deconflow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="deconvolve the bundled real confocal sample")
-    demo.add_argument(
-        "--out", type=Path, default=Path("deconflow-demo"), help="output folder (./deconflow-demo)"
-    )
-    _add_common(demo)
 
-    run = sub.add_parser("run", help="deconvolve one TIFF stack")
-    run.add_argument("image", type=Path, help="input TIFF / OME-TIFF (Z, Y, X)")
-    run.add_argument("--psf", type=Path, required=True, help="bead stack or PSF TIFF")
-    run.add_argument("-o", "--output", type=Path, required=True, help="output TIFF path")
-    run.add_argument(
+def add_voxel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--voxel-size`` and ``--psf-voxel-size`` (default: from the files' metadata)."""
+    parser.add_argument(
         "--voxel-size",
         type=float,
         nargs="+",
@@ -60,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="UM",
         help="image voxel size z y x in µm (default: from the file)",
     )
-    run.add_argument(
+    parser.add_argument(
         "--psf-voxel-size",
         type=float,
         nargs="+",
@@ -68,126 +75,91 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="UM",
         help="PSF voxel size z y x in µm (default: from the file, else the image's)",
     )
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    _add_common(run)
-    return parser
 
 
-def _settings(
-    args: argparse.Namespace, voxel: Sequence[float] | None, psf_voxel: Sequence[float] | None
-) -> object:
-    import dataclasses
-
-    from deconflow.config import METHODS, DeconvolutionSettings
-
-    base = (
-        DeconvolutionSettings.from_yaml(args.config.read_text())
-        if args.config is not None
-        else DeconvolutionSettings()
-    )
-    changes: dict[str, object] = {}
-    if args.method is not None:
-        changes["method"] = args.method
-    if args.device is not None:
-        changes["device"] = args.device
-    if voxel is not None:
-        changes["voxel_size_um"] = tuple(voxel)
-    if psf_voxel is not None:
-        changes["psf_voxel_size_um"] = tuple(psf_voxel)
-    settings = dataclasses.replace(base, **changes)
-    if args.iterations is not None:
-        section = METHODS[settings.method]
-        solver = dataclasses.replace(getattr(settings, section), iterations=args.iterations)
-        settings = dataclasses.replace(settings, **{section: solver})
-    return settings
+def check_voxel_argument(values: Sequence[float] | None, flag: str) -> tuple[float, ...] | None:
+    """Validate a voxel-size flag: 2 (y x) or 3 (z y x) positive numbers."""
+    if values is None:
+        return None
+    if len(values) not in (2, 3) or any(not v > 0 for v in values):
+        raise DeconflowError(
+            f"{flag} takes 3 (z y x) or 2 (y x) positive sizes in µm, got {list(values)}."
+        )
+    return tuple(float(v) for v in values)
 
 
-def _with_progress(events: Iterator[object], quiet: bool) -> object:
+def _run_one(job: Any, quiet: bool) -> Any:
+    """Process one file with a progress bar; a failure becomes an error with its message."""
     from tqdm import tqdm
 
-    from deconflow.pipeline import Progress, Result
+    from deconflow.batch.task import process_file
 
-    bar = None
+    bar: tqdm[Any] | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # no bar at all when the file fails before solving
+            bar = tqdm(total=total, desc="deconvolving", unit="it", file=sys.stderr, disable=quiet)
+        bar.update(done - bar.n)
+
     try:
-        for event in events:
-            if isinstance(event, Result):
-                return event
-            if isinstance(event, Progress) and not quiet:
-                if event.stage == "solve":
-                    if bar is None:
-                        bar = tqdm(
-                            total=event.total, desc="deconvolving", unit="it", file=sys.stderr
-                        )
-                    bar.update(event.step - bar.n)
-                else:
-                    print(f"{event.message}…", file=sys.stderr)
+        outcome = process_file(job, progress)
     finally:
         if bar is not None:
             bar.close()
-    raise RuntimeError("the deconvolution ended without a result")
+    if outcome.status == "failed":
+        if outcome.detail:  # not a user error: keep the traceback for --verbose
+            raise RuntimeError(f"{outcome.message}\n{outcome.detail}")
+        raise DeconflowError(outcome.message)
+    return outcome
 
 
-def _deconvolve_files(
-    image_path: Path,
-    psf_path: Path,
-    args: argparse.Namespace,
-    voxel: Sequence[float] | None,
-    psf_voxel: Sequence[float] | None,
-) -> tuple[object, object]:
-    from deconflow.io import read_tiff
-    from deconflow.pipeline import iter_deconvolve
+def _job(args: argparse.Namespace, image: Path, psf: Path, output: Path, overwrite: bool) -> Any:
+    from deconflow.batch.settings import build_settings
+    from deconflow.batch.task import FileJob
 
-    image = read_tiff(image_path)
-    psf = read_tiff(psf_path)
-    voxel = voxel if voxel is not None else image.voxel_size_um
-    psf_voxel = psf_voxel if psf_voxel is not None else psf.voxel_size_um
-    if voxel is None and psf_voxel is not None:
-        psf_voxel = None  # without the image's voxel size a PSF voxel size cannot be used
-    settings = _settings(args, voxel, psf_voxel)
-    result = _with_progress(iter_deconvolve(image.data, psf.data, settings), args.quiet)
-    return image, result
-
-
-def _write_outputs(result: object, output: Path, extra: dict[str, object]) -> Path:
-    from deconflow.io import write_tiff
-    from deconflow.io._atomic import atomic_destination
-
-    provenance = {**result.provenance(), **extra}  # type: ignore[attr-defined]
-    write_tiff(
-        output,
-        result.image,
-        voxel_size_um=result.settings.voxel_size_um,  # type: ignore[attr-defined]
-        metadata=provenance,
+    settings = build_settings(
+        args.config,
+        method=args.method,
+        device=args.device,
+        iterations=args.iterations,
+        background=args.background,
     )
-    record = output.with_suffix(".json")
-    with atomic_destination(record) as tmp:
-        tmp.write_text(json.dumps(provenance, indent=2, default=str))
-    return record
+    return FileJob(
+        str(image.resolve()),
+        str(output.resolve()),
+        (str(psf.resolve()),),
+        settings,
+        voxel_size_um=check_voxel_argument(getattr(args, "voxel_size", None), "--voxel-size"),
+        psf_voxel_size_um=check_voxel_argument(
+            getattr(args, "psf_voxel_size", None), "--psf-voxel-size"
+        ),
+        overwrite=overwrite,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from deconflow._figures import save_comparison_figure
     from deconflow._sample_data import SAMPLE_BEAD, SAMPLE_IMAGE, sample_data_dir
+    from deconflow.io import read_tiff
 
     folder = sample_data_dir()
     out_dir: Path = args.out.resolve()
-    image, result = _deconvolve_files(folder / SAMPLE_IMAGE, folder / SAMPLE_BEAD, args, None, None)
     tiff_path = out_dir / "confocal_grid_deconvolved.tif"
-    _write_outputs(
-        result,
-        tiff_path,
-        {"input": str(folder / SAMPLE_IMAGE), "psf_file": str(folder / SAMPLE_BEAD)},
-    )
+    # the demo owns its output folder: replace whatever an older demo left there
+    job = _job(args, folder / SAMPLE_IMAGE, folder / SAMPLE_BEAD, tiff_path, overwrite=True)
+    outcome = _run_one(job, args.quiet)
+    raw, result = read_tiff(folder / SAMPLE_IMAGE), read_tiff(tiff_path)
     figure_path = save_comparison_figure(
         out_dir / "confocal_grid_comparison.png",
         [
-            ("raw (background included)", image.data.astype("float32")),  # type: ignore[attr-defined]
-            (f"deconvolved ({result.settings.method})", result.image),
-        ],  # type: ignore[attr-defined]
-        result.settings.voxel_size_um,  # type: ignore[attr-defined]
+            ("raw (background included)", raw.data.astype("float32")),
+            (f"deconvolved ({job.settings.method})", result.data),
+        ],
+        result.voxel_size_um,
         title="deconflow demo: real confocal line grid, PSF measured from a bead",
     )
-    print(f"deconvolved in {result.elapsed_s:.1f} s on {result.device}")  # type: ignore[attr-defined]
+    print(f"deconvolved in {outcome.seconds:.1f} s on {outcome.device} ({outcome.status})")
     print(f"result TIFF: {tiff_path}")
     print(f"figure:      {figure_path}")
     print(f"output folder: {out_dir}")
@@ -197,31 +169,62 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     image_path: Path = args.image.resolve()
     output: Path = args.output.resolve()
-    if output == image_path or output == args.psf.resolve():
+    if output in (image_path, args.psf.resolve()):
         raise DeconflowError(
             f"The output path {output} is an input file; choose another output path "
             "(inputs are never overwritten)."
         )
     if output.exists() and not args.overwrite:
         raise DeconflowError(f"{output} exists; pass --overwrite to replace it.")
-    _, result = _deconvolve_files(image_path, args.psf, args, args.voxel_size, args.psf_voxel_size)
-    record = _write_outputs(
-        result, output, {"input": str(image_path), "psf_file": str(args.psf.resolve())}
-    )
+    outcome = _run_one(_job(args, image_path, args.psf, output, args.overwrite), args.quiet)
     if not args.quiet:
-        print(f"wrote {output} and {record.name} ({result.elapsed_s:.1f} s on {result.device})")  # type: ignore[attr-defined]
+        print(f"{outcome.status}: {output} ({outcome.seconds:.1f} s on {outcome.device or '-'})")
     return _EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    """Add this module's subcommands, ``demo`` and ``run``."""
+    demo = subparsers.add_parser("demo", help="deconvolve the bundled real confocal sample")
+    demo.add_argument(
+        "--out", type=Path, default=Path("deconflow-demo"), help="output folder (./deconflow-demo)"
+    )
+    add_common_arguments(demo)
+    demo.set_defaults(handler=_cmd_demo)
+
+    run = subparsers.add_parser("run", help="deconvolve one TIFF stack or hyperstack")
+    run.add_argument("image", type=Path, help="input TIFF / OME-TIFF (Z, CZ, TZ or TCZ axes)")
+    run.add_argument("--psf", type=Path, required=True, help="bead stack or PSF TIFF")
+    run.add_argument(
+        "-o", "--output", type=Path, required=True, help="output OME-TIFF path (float32)"
+    )
+    add_voxel_arguments(run)
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_common_arguments(run)
+    run.set_defaults(handler=_cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``deconflow`` parser with the subcommands of :data:`COMMAND_MODULES`."""
+    parser = argparse.ArgumentParser(
+        prog="deconflow",
+        description="Deconvolve 3D fluorescence microscopy stacks with a measured PSF.",
+    )
+    parser.add_argument("--version", action="version", version=f"deconflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``deconflow`` command line; returns the exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    commands = {"demo": _cmd_demo, "run": _cmd_run}
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     try:
-        return commands[args.command](args)
+        status: int = args.handler(args)
+        return status
     except DeconflowError as exc:
-        if args.verbose:
+        if verbose:
             traceback.print_exc()
         print(f"deconflow: error: {exc}", file=sys.stderr)
         return _EXIT_BAD_INPUT
@@ -229,10 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("deconflow: interrupted; no partial output was written", file=sys.stderr)
         return 130
     except Exception as exc:  # the last line of defence: one clear line, not a traceback
-        if args.verbose:
+        if verbose:
             traceback.print_exc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         print(
-            f"deconflow: unexpected error: {type(exc).__name__}: {exc} "
+            f"deconflow: unexpected error: {type(exc).__name__}: {first_line} "
             "(run again with --verbose for details)",
             file=sys.stderr,
         )

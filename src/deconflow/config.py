@@ -19,11 +19,12 @@ from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
 from deconflow._validate import check_name
 from deconflow.solvers import RichardsonLucy, RichardsonLucyTV, Wiener
+from deconflow.solvers.flow import FlowDeconvolution
 
 __all__ = ["METHODS", "DeconvolutionSettings"]
 
 #: Method name -> settings section (attribute of DeconvolutionSettings) holding its options.
-METHODS: dict[str, str] = {"rl": "rl", "rl-tv": "rl_tv", "wiener": "wiener"}
+METHODS: dict[str, str] = {"flow": "flow", "rl": "rl", "rl-tv": "rl_tv", "wiener": "wiener"}
 #: Other names for the methods, used to suggest the right one.
 METHOD_ALIASES: dict[str, str] = {
     "richardson-lucy": "rl",
@@ -120,7 +121,7 @@ class DeconvolutionSettings:
     memory_budget_gb : float or None
         Memory a run may use; ``None`` means 50 % of the available RAM on the
         CPU, 80 % of the free GPU memory on CUDA.
-    rl, rl_tv, wiener
+    rl, rl_tv, wiener, flow
         Options of each method (the solver dataclasses).
     """
 
@@ -135,12 +136,14 @@ class DeconvolutionSettings:
     rl: RichardsonLucy = field(default_factory=RichardsonLucy)
     rl_tv: RichardsonLucyTV = field(default_factory=RichardsonLucyTV)
     wiener: Wiener = field(default_factory=Wiener)
+    flow: FlowDeconvolution = field(default_factory=FlowDeconvolution)
     schema_version: int = SCHEMA_VERSION
 
     _SECTIONS: ClassVar[dict[str, type]] = {
         "rl": RichardsonLucy,
         "rl_tv": RichardsonLucyTV,
         "wiener": Wiener,
+        "flow": FlowDeconvolution,
     }
 
     def __post_init__(self) -> None:
@@ -179,9 +182,11 @@ class DeconvolutionSettings:
             )
 
     @property
-    def solver(self) -> RichardsonLucy | RichardsonLucyTV | Wiener:
+    def solver(self) -> RichardsonLucy | RichardsonLucyTV | Wiener | FlowDeconvolution:
         """The options (solver) of the chosen method."""
-        solver: RichardsonLucy | RichardsonLucyTV | Wiener = getattr(self, METHODS[self.method])
+        solver: RichardsonLucy | RichardsonLucyTV | Wiener | FlowDeconvolution = getattr(
+            self, METHODS[self.method]
+        )
         return solver
 
     @classmethod

@@ -12,48 +12,39 @@ import dataclasses
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from deconflow._device import resolve_device
 from deconflow._errors import DeconflowError
+from deconflow._execute import BlockOutput, classical_block_solver, run_plan
+from deconflow._flow_run import flow_block_solver, make_flow_context
+from deconflow._progress import Progress, Stage
 from deconflow._types import VoxelSize
 from deconflow._validate import as_float_image, check_voxel_size
 from deconflow._version import __version__
 from deconflow.config import DeconvolutionSettings
-from deconflow.physics.blur import ConvolutionOperator
 from deconflow.physics.noise import estimate_background, estimate_noise_sigma
 from deconflow.psf.measured import PreparedPSF, prepare_psf, resample_psf
 from deconflow.solvers import RichardsonLucy, RichardsonLucyTV, Wiener
+from deconflow.solvers.flow import FlowDeconvolution
 from deconflow.solvers.wiener import noise_to_signal_regularization
-from deconflow.tiling import TilePlan, blend_weight, estimate_bytes, memory_budget_bytes, plan_tiles
+from deconflow.tiling import TilePlan, estimate_bytes, memory_budget_bytes, plan_tiles
 
-__all__ = ["Progress", "Result", "deconvolve", "iter_deconvolve", "run_to_result"]
+__all__ = [
+    "Progress",
+    "Result",
+    "UncertaintyResult",
+    "deconvolve",
+    "deconvolve_with_uncertainty",
+    "iter_deconvolve",
+    "run_to_result",
+]
 
-Stage = Literal["psf", "operator", "solve"]
-Solver = RichardsonLucy | RichardsonLucyTV | Wiener
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A progress event: ``step`` of ``total`` in ``stage``, for volume ``volume`` of ``volumes``.
-
-    ``volume``/``volumes`` count the 3D (or 2D) volumes of a hyperstack (channels
-    times time points, see :func:`deconflow.hyperstack.iter_deconvolve_hyperstack`);
-    a single stack is volume 0 of 1. ``tile``/``tiles`` count the tiles of a
-    stack too large for the memory budget.
-    """
-
-    stage: Stage
-    step: int
-    total: int
-    message: str = ""
-    volume: int = 0
-    volumes: int = 1
-    tile: int = 0
-    tiles: int = 1
+#: RL iterations of the first estimate that the flow prior's normalisation is fitted on.
+_FIRST_ESTIMATE_ITERATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -77,6 +68,12 @@ class Result:
         Wall time of the run in seconds.
     notes : tuple of str
         What the run decided on its own (tiling, an out-of-memory retry).
+    std : numpy.ndarray or None
+        Per-voxel standard deviation over the posterior samples (flow only).
+    samples : numpy.ndarray or None
+        The samples, ``(K, *image.shape)``, when the flow settings keep them.
+    residual : numpy.ndarray or None
+        Data-consistency residual of ``image`` in noise sigmas (flow only).
     """
 
     image: np.ndarray
@@ -86,6 +83,9 @@ class Result:
     device: str
     elapsed_s: float
     notes: tuple[str, ...] = ()
+    std: np.ndarray | None = None
+    samples: np.ndarray | None = None
+    residual: np.ndarray | None = None
 
     def provenance(self) -> dict[str, Any]:
         """JSON-serialisable record of how the result was made."""
@@ -195,54 +195,71 @@ def iter_deconvolve(
     background = (
         settings.background if settings.background is not None else estimate_background(data)
     )
-    solver = _solver_for_run(settings, data, background, image_voxel)
     budget = (
         int(settings.memory_budget_gb * 1e9)
         if settings.memory_budget_gb is not None
         else memory_budget_bytes(device)
     )
+    psf_shape = prepared.data.shape
     plan = plan_tiles(
-        data.shape, prepared.data.shape, settings.method, budget, max_tile_shape=settings.tile_shape
+        data.shape, psf_shape, settings.method, budget, max_tile_shape=settings.tile_shape
     )
     notes: list[str] = []
     if plan.count > 1:
-        notes.append(_tiling_note(plan, data.shape, prepared.data.shape, settings, budget))
-    try:
-        out = yield from _solve_tiles(
-            data, prepared.data, solver, plan, device, background, settings.method
+        notes.append(_tiling_note(plan, data.shape, psf_shape, settings, budget))
+    if isinstance(settings.solver, FlowDeconvolution):
+        # a few RL iterations give the object-scale estimate the prior is normalised on
+        first = RichardsonLucy(iterations=_FIRST_ESTIMATE_ITERATIONS)
+        estimate = yield from _relabel(
+            run_plan(
+                data,
+                plan,
+                classical_block_solver(prepared.data, first, device, background, "rl"),
+                device,
+                notes,
+                psf_shape=psf_shape,
+                method="rl",
+            ),
+            "estimate",
         )
-    except torch.cuda.OutOfMemoryError:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        smaller = plan_tiles(
-            data.shape,
-            prepared.data.shape,
-            settings.method,
-            budget,
-            max_tile_shape=tuple(max(t // 2, 8) for t in plan.tile_shape),
-        )
-        if smaller.count == plan.count:
-            raise DeconflowError(_oom_message(device, plan)) from None
+        context = make_flow_context(data, estimate.mean, settings.solver, image_voxel, device)
         notes.append(
-            f"ran out of {device} memory with {plan.count} tile(s); retried with "
-            f"{smaller.count} smaller tiles"
+            f"camera noise: gain {context.noise.gain:.3g} ADU/photon, offset "
+            f"{context.noise.offset:.4g} ADU, read noise {context.noise.read_sigma:.3g} ADU"
+            + (" (estimated)" if settings.solver.gain is None else "")
         )
-        try:
-            out = yield from _solve_tiles(
-                data, prepared.data, solver, smaller, device, background, settings.method
-            )
-        except torch.cuda.OutOfMemoryError:
-            raise DeconflowError(_oom_message(device, smaller)) from None
+        solve = flow_block_solver(context, prepared.data, device, background)
+    else:
+        solver = _solver_for_run(settings, data, background, image_voxel)
+        solve = classical_block_solver(prepared.data, solver, device, background, settings.method)
+    output = yield from run_plan(
+        data, plan, solve, device, notes, psf_shape=psf_shape, method=settings.method
+    )
     used = dataclasses.replace(settings, voxel_size_um=image_voxel, psf_voxel_size_um=psf_voxel)
     yield Result(
-        image=out,
+        image=output.mean,
         settings=used,
         psf=prepared,
         background=float(background),
         device=str(device),
         elapsed_s=time.perf_counter() - start,
         notes=tuple(notes),
+        std=output.std,
+        samples=output.samples,
+        residual=output.residual,
     )
+
+
+def _relabel(
+    events: Generator[Progress, None, BlockOutput], stage: Stage
+) -> Generator[Progress, None, BlockOutput]:
+    """Pass ``events`` on under another stage name; return their result."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        yield dataclasses.replace(event, stage=stage)
 
 
 def _solver_for_run(
@@ -250,9 +267,11 @@ def _solver_for_run(
     data: np.ndarray,
     background: float,
     image_voxel: VoxelSize | None,
-) -> Solver:
+) -> RichardsonLucy | RichardsonLucyTV | Wiener:
     """Fill in what a solver derives from the whole stack, so that every tile agrees."""
     solver = settings.solver
+    if isinstance(solver, FlowDeconvolution):  # handled by the caller
+        raise TypeError("flow settings have no classical solver")
     if isinstance(solver, RichardsonLucyTV) and solver.spacing is None and image_voxel:
         smallest = min(image_voxel)
         solver = dataclasses.replace(solver, spacing=tuple(v / smallest for v in image_voxel))
@@ -263,64 +282,6 @@ def _solver_for_run(
         )
         solver = dataclasses.replace(solver, regularization=lam)
     return solver
-
-
-def _solve_tiles(
-    data: np.ndarray,
-    psf: np.ndarray,
-    solver: Solver,
-    plan: TilePlan,
-    device: torch.device,
-    background: float,
-    method: str,
-) -> Generator[Progress, None, np.ndarray]:
-    """Deconvolve tile by tile, yielding progress; return the blended float32 result."""
-    if plan.count == 1:
-        yield Progress("operator", 0, 1, "building the forward model")
-        return (yield from _solve_block(data, psf, solver, device, background, method, 0, 1))
-    accumulated = np.zeros(data.shape, dtype=np.float32)
-    weights = np.zeros(data.shape, dtype=np.float32)
-    for number, tile in enumerate(plan.tiles):
-        yield Progress(
-            "operator", 0, 1, f"tile {number + 1}/{plan.count}", tile=number, tiles=plan.count
-        )
-        block = yield from _solve_block(
-            data[tile], psf, solver, device, background, method, number, plan.count
-        )
-        weight = blend_weight(tile, data.shape, plan.overlap)
-        accumulated[tile] += weight * block
-        weights[tile] += weight
-    return accumulated / weights
-
-
-def _solve_block(
-    block: np.ndarray,
-    psf: np.ndarray,
-    solver: Solver,
-    device: torch.device,
-    background: float,
-    method: str,
-    tile: int,
-    tiles: int,
-) -> Generator[Progress, None, np.ndarray]:
-    operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
-    y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
-    total = solver.total_steps
-    estimate: torch.Tensor | None = None
-    for step, iterate in enumerate(solver.iterate(y, operator, background), start=1):
-        estimate = iterate
-        where = f" (tile {tile + 1}/{tiles})" if tiles > 1 else ""
-        yield Progress(
-            "solve", step, total, f"{method} step {step}/{total}{where}", tile=tile, tiles=tiles
-        )
-    if estimate is None:  # every solver yields at least once; guards a broken one
-        raise RuntimeError("solver produced no estimate")
-    out = operator.crop_to_image(estimate).detach().to("cpu", torch.float32).numpy().copy()
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    if not isinstance(solver, Wiener) or solver.clip_negative:
-        # the model is non-negative; FFT round-off can leave values like -1e-20
-        np.maximum(out, 0.0, out=out)
-    return out
 
 
 def _tiling_note(
@@ -339,14 +300,6 @@ def _tiling_note(
     return (
         f"processed in {plan.count} overlapping tiles of up to {plan.tile_shape} voxels "
         f"(overlap {plan.overlap} per side) because {reason}"
-    )
-
-
-def _oom_message(device: torch.device, plan: TilePlan) -> str:
-    return (
-        f"Out of {device} memory even with {plan.count} tiles of up to {plan.tile_shape} voxels. "
-        "Set a smaller tile_shape (e.g. (32, 128, 128)) or memory_budget_gb, close other "
-        "programs using the device, or run with device='cpu'."
     )
 
 
@@ -408,3 +361,72 @@ def deconvolve(
         method, voxel_size=voxel_size, psf_voxel_size=psf_voxel_size, device=device, **options
     )
     return run_to_result(iter_deconvolve(image, psf, settings)).image
+
+
+@dataclass(frozen=True)
+class UncertaintyResult:
+    """Posterior summary of a flow deconvolution.
+
+    Attributes
+    ----------
+    mean : numpy.ndarray
+        Mean of the posterior samples (the answer), float32, image shape and units.
+    std : numpy.ndarray
+        Per-voxel standard deviation over the samples: where the prior, not
+        the data, decides.
+    samples : numpy.ndarray or None
+        ``(K, *shape)`` samples when ``keep_samples=True``.
+    residual : numpy.ndarray
+        Data-consistency residual of the mean in noise sigmas: about N(0, 1)
+        where the model explains the measurement; structure in it means the
+        result disagrees with the data there.
+    result : Result
+        The full result (settings, PSF, notes, provenance).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray | None
+    residual: np.ndarray
+    result: Result
+
+
+def deconvolve_with_uncertainty(
+    image: np.ndarray,
+    psf: np.ndarray,
+    *,
+    samples: int = 4,
+    voxel_size: VoxelSize | None = None,
+    psf_voxel_size: VoxelSize | None = None,
+    device: str = "auto",
+    **options: Any,
+) -> UncertaintyResult:
+    """Flow deconvolution with ``samples`` posterior samples: mean, std and residual.
+
+    Takes the same arguments as :func:`deconvolve` with ``method="flow"``
+    (``steps``, ``prior_weight``, ``weights``, ``seed``, ``keep_samples``,
+    camera ``gain`` / ``camera_offset`` / ``read_sigma``, ...).
+
+    Returns
+    -------
+    UncertaintyResult
+        Mean, standard deviation, optional samples and residual.
+    """
+    settings = DeconvolutionSettings.from_options(
+        "flow",
+        voxel_size=voxel_size,
+        psf_voxel_size=psf_voxel_size,
+        device=device,
+        samples=samples,
+        **options,
+    )
+    result = run_to_result(iter_deconvolve(image, psf, settings))
+    if result.std is None or result.residual is None:  # the flow path always fills both
+        raise RuntimeError("flow run returned no uncertainty")
+    return UncertaintyResult(
+        mean=result.image,
+        std=result.std,
+        samples=result.samples,
+        residual=result.residual,
+        result=result,
+    )

@@ -3,7 +3,7 @@ import pytest
 import tifffile
 
 from deconflow import DeconflowError
-from deconflow.io import read_tiff, write_tiff
+from deconflow.io import read_ome_description, read_tiff, write_ome_tiff, write_tiff
 from deconflow.io._atomic import atomic_destination
 
 
@@ -76,3 +76,47 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
         interrupted_write()
     assert dest.read_bytes() == b"previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "voxel"),
+    [
+        ("ZYX", (4, 5, 6), (0.3, 0.1, 0.1)),
+        ("ZCYX", (4, 2, 5, 6), (0.3, 0.1, 0.1)),
+        ("TCZYX", (2, 2, 3, 5, 6), (0.25, 0.065, 0.07)),
+        ("TYX", (3, 5, 6), (0.2, 0.2)),
+    ],
+)
+def test_ome_round_trip_keeps_axes_voxel_size_and_description(tmp_path, axes, shape, voxel):
+    data = np.random.default_rng(1).random(shape).astype(np.float32)
+    record = {"method": "rl", "psf_sha256": ["ab" * 32], "weights_sha256": None}
+    path = write_ome_tiff(
+        tmp_path / "x.ome.tif", data, axes=axes, voxel_size_um=voxel, description=record
+    )
+    image = read_tiff(path)
+    np.testing.assert_array_equal(image.data, data)
+    assert image.axes == axes
+    np.testing.assert_allclose(image.voxel_size_um, voxel, rtol=1e-6)
+    assert read_ome_description(path) == record
+    assert [p.name for p in tmp_path.iterdir()] == ["x.ome.tif"]  # no temporary left
+
+
+def test_ome_writer_refuses_axes_it_cannot_store(tmp_path):
+    with pytest.raises(DeconflowError, match="Cannot write axes"):
+        write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((2, 3, 4)), axes="YXZ")
+    with pytest.raises(DeconflowError, match="does not match the spatial axes"):
+        write_ome_tiff(
+            tmp_path / "x.ome.tif", np.zeros((2, 3, 4)), axes="ZYX", voxel_size_um=(1, 1)
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_description_of_foreign_or_broken_files_is_none(tmp_path):
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((4, 5), np.uint8))
+    broken = tmp_path / "broken.ome.tif"
+    broken.write_bytes(b"II*\x00garbage")
+    other = tmp_path / "other.ome.tif"
+    tifffile.imwrite(other, np.zeros((4, 5), np.uint8), ome=True, metadata={"Description": "hi"})
+    for path in (plain, broken, other, tmp_path / "missing.ome.tif"):
+        assert read_ome_description(path) is None

@@ -1,0 +1,153 @@
+"""Running a block solver over a tile plan: blending, progress, out-of-memory retry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deconflow._errors import DeconflowError
+from deconflow._progress import Progress
+from deconflow.physics.blur import ConvolutionOperator
+from deconflow.solvers import RichardsonLucy, RichardsonLucyTV, Wiener
+from deconflow.tiling import TilePlan, blend_weight, plan_tiles
+
+__all__ = ["BlockOutput", "BlockSolver", "classical_block_solver", "run_plan"]
+
+ClassicalSolver = RichardsonLucy | RichardsonLucyTV | Wiener
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """What one block (tile or whole stack) produced, all in image units and block shape."""
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+    samples: np.ndarray | None = None  # (K, *block_shape)
+    residual: np.ndarray | None = None
+
+
+#: Deconvolves one block: ``(block, tile, tiles)`` -> progress events, then a BlockOutput.
+BlockSolver = Callable[[np.ndarray, int, int], Generator[Progress, None, BlockOutput]]
+
+
+def classical_block_solver(
+    psf: np.ndarray,
+    solver: ClassicalSolver,
+    device: torch.device,
+    background: float,
+    method: str,
+) -> BlockSolver:
+    """Block solver for the RL / RL-TV / Wiener methods."""
+
+    def solve(block: np.ndarray, tile: int, tiles: int) -> Generator[Progress, None, BlockOutput]:
+        operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
+        y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+        total = solver.total_steps
+        where = f" (tile {tile + 1}/{tiles})" if tiles > 1 else ""
+        estimate: torch.Tensor | None = None
+        for step, iterate in enumerate(solver.iterate(y, operator, background), start=1):
+            estimate = iterate
+            yield Progress(
+                "solve", step, total, f"{method} step {step}/{total}{where}", tile=tile, tiles=tiles
+            )
+        if estimate is None:  # every solver yields at least once; guards a broken one
+            raise RuntimeError("solver produced no estimate")
+        return BlockOutput(mean=to_image(operator, estimate, clip=_clips(solver)))
+
+    return solve
+
+
+def _clips(solver: ClassicalSolver) -> bool:
+    return not isinstance(solver, Wiener) or solver.clip_negative
+
+
+def to_image(operator: ConvolutionOperator, estimate: torch.Tensor, *, clip: bool) -> np.ndarray:
+    """Measured window of an object-domain estimate as finite float32 numpy (clipped at 0)."""
+    out = operator.crop_to_image(estimate).detach().to("cpu", torch.float32).numpy().copy()
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if clip:
+        # the model is non-negative; FFT round-off can leave values like -1e-20
+        np.maximum(out, 0.0, out=out)
+    return out
+
+
+def _blend(plan: TilePlan, shape: tuple[int, ...], outputs: list[BlockOutput]) -> BlockOutput:
+    weights = np.zeros(shape, dtype=np.float32)
+    sums: dict[str, np.ndarray] = {}
+    for tile, output in zip(plan.tiles, outputs, strict=True):
+        w = blend_weight(tile, shape, plan.overlap)
+        weights[tile] += w
+        for name in ("mean", "std", "samples", "residual"):
+            value = getattr(output, name)
+            if value is None:
+                continue
+            if name not in sums:
+                lead = value.shape[: value.ndim - len(shape)]
+                sums[name] = np.zeros((*lead, *shape), dtype=np.float32)
+            sums[name][(..., *tile)] += w * value
+    return BlockOutput(**{name: total / weights for name, total in sums.items()})
+
+
+def _run_once(
+    data: np.ndarray, plan: TilePlan, solve: BlockSolver
+) -> Generator[Progress, None, BlockOutput]:
+    if plan.count == 1:
+        yield Progress("operator", 0, 1, "building the forward model")
+        return (yield from solve(data, 0, 1))
+    outputs = []
+    for number, tile in enumerate(plan.tiles):
+        yield Progress(
+            "operator", 0, 1, f"tile {number + 1}/{plan.count}", tile=number, tiles=plan.count
+        )
+        outputs.append((yield from solve(data[tile], number, plan.count)))
+    return _blend(plan, data.shape, outputs)
+
+
+def run_plan(
+    data: np.ndarray,
+    plan: TilePlan,
+    solve: BlockSolver,
+    device: torch.device,
+    notes: list[str],
+    *,
+    psf_shape: tuple[int, ...],
+    method: str,
+) -> Generator[Progress, None, BlockOutput]:
+    """Run ``solve`` over ``plan``; on out-of-memory retry once with tiles half the size.
+
+    Notes about what was decided are appended to ``notes``.
+    """
+    try:
+        return (yield from _run_once(data, plan, solve))
+    except torch.cuda.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    smaller = plan_tiles(
+        data.shape,
+        psf_shape,
+        method,
+        budget_bytes=2**62,
+        max_tile_shape=tuple(max(t // 2, 8) for t in plan.tile_shape),
+    )
+    if smaller.count == plan.count:
+        raise DeconflowError(oom_message(device, plan))
+    notes.append(
+        f"ran out of {device} memory with {plan.count} tile(s); retried with "
+        f"{smaller.count} smaller tiles"
+    )
+    try:
+        return (yield from _run_once(data, smaller, solve))
+    except torch.cuda.OutOfMemoryError:
+        raise DeconflowError(oom_message(device, smaller)) from None
+
+
+def oom_message(device: torch.device, plan: TilePlan) -> str:
+    """Explain that even the smallest tiles did not fit, and what to do."""
+    return (
+        f"Out of {device} memory even with {plan.count} tiles of up to {plan.tile_shape} voxels. "
+        "Set a smaller tile_shape (e.g. (32, 128, 128)) or memory_budget_gb, close other "
+        "programs using the device, or run with device='cpu'."
+    )

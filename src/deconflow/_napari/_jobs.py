@@ -1,0 +1,239 @@
+"""What one run of the widget computes, separated from the widget that gathers it.
+
+:func:`run_events` is the generator the widget hands to napari's
+``thread_worker``: it only forwards the pipeline's events, so stopping the
+worker stops the pipeline between two steps. :func:`show_result` puts the
+outcome into the viewer on the GUI thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.viewer import Viewer
+
+from deconflow.config import DeconvolutionSettings
+from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack
+from deconflow.io import read_tiff
+from deconflow.pipeline import Progress, Result, iter_deconvolve
+
+__all__ = [
+    "Failure",
+    "Job",
+    "axes_for_ndim",
+    "contrast_limits",
+    "crop_around",
+    "output_name",
+    "run_events",
+    "show_result",
+]
+
+#: Axis letters napari layers of each dimensionality get by default.
+_DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
+
+
+def axes_for_ndim(ndim: int) -> str:
+    """Default axis letters of an ``ndim``-dimensional image layer."""
+    return _DEFAULT_AXES.get(ndim, "")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a run needs, gathered from the widget on the GUI thread.
+
+    Attributes
+    ----------
+    image : array-like
+        The data to deconvolve: the layer's data or a crop of it, possibly lazy
+        (dask); it is read into memory in the worker, off the GUI thread.
+    axes : str
+        Axis letters of ``image`` (``ZYX``, ``CZYX``, ``TCZYX``, ...).
+    psf : numpy.ndarray or None
+        PSF from a layer; ``None`` when it is read from ``psf_path``.
+    psf_path : str or None
+        PSF TIFF file, read in the worker.
+    settings : DeconvolutionSettings
+        Validated settings.
+    source : str
+        Name of the input layer.
+    scale, translate : tuple of float
+        World placement of ``image`` (the input layer's, shifted for a crop).
+    preview : bool
+        Whether this is a preview of a region.
+    psf_channel : int or None
+        With a per-channel PSF stack, the one channel to use (previews of one
+        channel); ``None`` uses them all.
+    """
+
+    image: Any
+    axes: str
+    psf: np.ndarray | None
+    psf_path: str | None
+    settings: DeconvolutionSettings
+    source: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    preview: bool = False
+    psf_channel: int | None = None
+
+
+def _psf_arrays(job: Job, spatial_ndim: int) -> np.ndarray | list[np.ndarray]:
+    psf = job.psf if job.psf is not None else read_tiff(str(job.psf_path)).data
+    psf = np.asarray(psf)
+    if psf.ndim == spatial_ndim + 1:  # a stack of per-channel PSFs, channel first
+        if job.psf_channel is not None:
+            return psf[job.psf_channel]
+        return [psf[c] for c in range(psf.shape[0])]
+    return psf
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A run that raised: the exception, handed back as the worker's return value."""
+
+    error: Exception
+
+
+def run_events(job: Job) -> Generator[Progress, None, Result | HyperstackResult | Failure]:
+    """Run the pipeline for ``job``, yielding its progress and returning its result.
+
+    Parameters
+    ----------
+    job : Job
+        What to compute.
+
+    Yields
+    ------
+    Progress
+        The pipeline's progress events.
+
+    Returns
+    -------
+    Result or HyperstackResult or Failure
+        The outcome (``HyperstackResult`` for inputs with T or C axes), or the
+        error that stopped it.
+    """
+    # Errors are returned, not raised: napari's workers re-raise what they catch in the GUI
+    # thread, and the widget shows them as one notification instead.
+    try:
+        spatial_ndim = 3 if job.axes.endswith("ZYX") else 2
+        psf = _psf_arrays(job, spatial_ndim)
+        image = np.asarray(job.image)
+        if len(job.axes) == spatial_ndim and isinstance(psf, np.ndarray):
+            events = iter_deconvolve(image, psf, job.settings)
+        else:
+            events = iter_deconvolve_hyperstack(image, psf, job.settings, axes=job.axes)
+        for event in events:
+            if isinstance(event, Progress):
+                yield event
+            else:
+                return event
+        raise RuntimeError("the deconvolution ended without a result")
+    except Exception as exc:  # every failure reaches the user, none the terminal
+        return Failure(exc)
+
+
+def output_name(source: str, method: str, preview: bool = False) -> str:
+    """Name of the output layer of ``method`` run on layer ``source``."""
+    kind = "preview" if preview else "deconvolved"
+    return f"{source} {kind} ({method})"
+
+
+def contrast_limits(data: np.ndarray) -> tuple[float, float]:
+    """Display range from 0 to the 99.9th percentile, so a few hot voxels do not dim it."""
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low = min(float(finite.min()), 0.0)
+    high = float(np.percentile(finite, 99.9))
+    if not high > low:
+        high = float(finite.max()) if finite.max() > low else low + 1.0
+    return low, high
+
+
+def show_result(viewer: Viewer, job: Job, result: Result | HyperstackResult) -> Image:
+    """Add the result as a layer placed like the input, or replace the previous one.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer.
+    job : Job
+        The job that produced ``result``.
+    result : Result or HyperstackResult
+        Its outcome.
+
+    Returns
+    -------
+    napari.layers.Image
+        The output layer.
+    """
+    name = output_name(job.source, job.settings.method, job.preview)
+    data = result.image.astype(np.float32, copy=False)
+    metadata: dict[str, Any] = {
+        "deconflow": {
+            "source": job.source,
+            "axes": job.axes,
+            "preview": job.preview,
+            "settings": job.settings.to_dict(),
+            "provenance": result.provenance(),
+        }
+    }
+    std = getattr(result, "std", None)  # posterior spread of sampling methods (flow)
+    if std is not None:
+        method = job.settings.method
+        std_name = name.replace(f"({method})", f"std ({method})")
+        _put_layer(viewer, std_name, std.astype(np.float32), job, metadata, visible=False)
+    return _put_layer(viewer, name, data, job, metadata, visible=True)
+
+
+def _put_layer(
+    viewer: Viewer,
+    name: str,
+    data: np.ndarray,
+    job: Job,
+    metadata: dict[str, Any],
+    visible: bool,
+) -> Image:
+    """Replace the data of layer ``name`` (when it exists with that ndim) or add it."""
+    limits = contrast_limits(data)
+    old = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401 - no .get
+    if isinstance(old, Image) and old.ndim == data.ndim:
+        layer = old
+        # placement first: a new shape under the old scale would flash misplaced
+        layer.scale = job.scale
+        layer.translate = job.translate
+        layer.data = data
+        layer.metadata = metadata
+        layer.contrast_limits = limits
+        return layer
+    if old is not None:
+        viewer.layers.remove(old)
+    return viewer.add_image(
+        data,
+        name=name,
+        scale=job.scale,
+        translate=job.translate,
+        metadata=metadata,
+        contrast_limits=limits,
+        colormap="gray",
+        blending="additive",
+        visible=visible,
+    )
+
+
+def crop_around(
+    shape: Sequence[int], centre: Sequence[float], size: Sequence[int]
+) -> tuple[slice, ...]:
+    """Slices of at most ``size`` voxels per axis around ``centre``, inside ``shape``."""
+    slices = []
+    for n, c, s in zip(shape, centre, size, strict=True):
+        s = min(int(s), int(n))
+        start = round(float(c)) - s // 2
+        start = max(0, min(start, n - s))
+        slices.append(slice(start, start + s))
+    return tuple(slices)

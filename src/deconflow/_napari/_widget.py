@@ -1,0 +1,398 @@
+"""The deconvolution dock widget.
+
+The widget holds state (the running worker, which fields are shown), so it is a
+magicgui ``Container``; its callbacks only gather values into a
+:class:`~deconflow._napari._jobs.Job` and hand :func:`~deconflow._napari._jobs.run_events`
+to napari's ``thread_worker``. The method list and each method's options come
+from :mod:`deconflow.config`, so new methods appear here without edits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error
+
+import napari
+from deconflow._errors import DeconflowError
+from deconflow._napari._fields import MethodOptions, method_label
+from deconflow._napari._jobs import (
+    Failure,
+    Job,
+    axes_for_ndim,
+    crop_around,
+    run_events,
+    show_result,
+)
+from deconflow.config import METHODS, DeconvolutionSettings
+from deconflow.hyperstack import HyperstackResult, split_axes
+from deconflow.io import read_tiff
+from deconflow.pipeline import Progress, Result
+
+__all__ = ["DeconvolutionWidget", "default_method"]
+
+#: Preferred default methods, best first; the first one that exists is chosen.
+_DEFAULT_METHODS = ("flow", "rl")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_method() -> str:
+    """Return the method the widget starts with: flow when it exists, else Richardson–Lucy."""
+    return next((m for m in _DEFAULT_METHODS if m in METHODS), next(iter(METHODS)))
+
+
+class _VoxelEdit(Container):
+    """Voxel size (z, y, x) in µm as three spin boxes in a row."""
+
+    def __init__(self, label: str) -> None:
+        boxes = [
+            FloatSpinBox(value=1.0, min=1e-4, max=1e4, step=0.01, tooltip=f"{axis} (µm)")
+            for axis in "zyx"
+        ]
+        for box in boxes:
+            box.native.setDecimals(6)  # 4 would round 0.02196 µm to 0.022 (0.2 % off)
+        super().__init__(widgets=boxes, layout="horizontal", labels=False, label=label)
+        self.margins = (0, 0, 0, 0)
+        self._boxes = boxes
+
+    def get(self, ndim: int) -> tuple[float, ...]:
+        """Return the last ``ndim`` sizes (``(y, x)`` for 2D data)."""
+        return tuple(float(b.value) for b in self._boxes[3 - ndim :])
+
+    def set(self, sizes: Sequence[float]) -> None:
+        """Fill in ``(z, y, x)`` or ``(y, x)`` sizes."""
+        for box, value in zip(self._boxes[3 - len(sizes) :], sizes, strict=True):
+            box.value = float(value)
+
+
+def _image_layers(viewer: napari.viewer.Viewer, prefer: Sequence[str] = ()) -> list[Any]:
+    layers = [layer for layer in viewer.layers if isinstance(layer, Image) and not layer.multiscale]
+    if prefer:  # a PSF picker: deconflow's own outputs are never PSFs
+        layers = [layer for layer in layers if "deconflow" not in layer.metadata]
+    # a PSF picker should not default to the image: layers named like a PSF go first
+    layers.sort(key=lambda layer: not any(w in layer.name.lower() for w in prefer))
+    return [(layer.name, layer) for layer in layers]
+
+
+class DeconvolutionWidget(Container):
+    """Dock widget: deconvolve an image layer with a PSF layer or file.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer whose layers are read and written (napari passes it).
+
+    Attributes
+    ----------
+    method_options : dict of str to MethodOptions
+        Each method's option widgets, by method name.
+    worker : GeneratorWorker or None
+        The running worker, ``None`` when idle.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self.worker: GeneratorWorker | None = None
+        self.image = ComboBox(label="Image", choices=lambda _: _image_layers(viewer))
+        self.axes = LineEdit(label="Axes", tooltip="e.g. ZYX, CZYX, TCZYX")
+        self.voxel = _VoxelEdit("Voxel zyx µm")
+        self.psf_source = RadioButtons(
+            label="PSF from", choices=["layer", "file"], value="layer", orientation="horizontal"
+        )
+        self.psf_layer = ComboBox(
+            label="PSF layer", choices=lambda _: _image_layers(viewer, ("psf", "bead"))
+        )
+        self.psf_file = FileEdit(label="PSF file", mode="r", filter="*.tif *.tiff")
+        self.psf_voxel = _VoxelEdit("PSF voxel zyx µm")
+        self.method = ComboBox(
+            label="Method", choices=[(method_label(m), m) for m in METHODS], value=default_method()
+        )
+        self.method_options = {m: MethodOptions(m) for m in METHODS}
+        self.device = ComboBox(label="Device", choices=list(_DEVICES), value="auto")
+        self.show_advanced = CheckBox(text="Advanced options", value=False)
+        self.background_auto = CheckBox(label="Estimate background", value=True)
+        self.background = FloatSpinBox(label="Background", value=0.0, min=0.0, max=1e9)
+        self.prepare_psf = CheckBox(label="Prepare PSF (bead)", value=True)
+        self.preview_size = SpinBox(label="Preview y, x (px)", value=64, min=8, max=2048)
+        self.preview_planes = SpinBox(label="Preview z planes", value=9, min=1, max=1024)
+        self.preview_button = PushButton(text="Preview")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self.status = Label(label="Status", value="ready")
+        self._advanced = [self.background_auto, self.background, self.prepare_psf]
+        self._advanced += [self.preview_size, self.preview_planes]
+        self.extend(
+            [self.image, self.axes, self.voxel, self.psf_source, self.psf_layer, self.psf_file]
+            + [self.psf_voxel, self.method]
+            + [o.main for o in self.method_options.values()]
+            + [self.device, self.show_advanced]
+            + [o.advanced for o in self.method_options.values()]
+            + self._advanced
+            + [self.preview_button, self.run_button, self.cancel_button]
+            + [self.progress, self.status]
+        )
+        for options in self.method_options.values():
+            options.main.label = options.advanced.label = ""
+        self.image.changed.connect(self._on_image)
+        self.psf_layer.changed.connect(self._on_psf_layer)
+        self.psf_file.changed.connect(self._on_psf_file)
+        for widget in (self.psf_source, self.method, self.show_advanced, self.background_auto):
+            widget.changed.connect(self._update_visibility)
+        self.run_button.changed.connect(lambda: self.run())
+        self.preview_button.changed.connect(lambda: self.run(preview=True))
+        self.cancel_button.changed.connect(self.cancel)
+        # napari refreshes a docked widget's choices too; this also covers an undocked one
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self.reset_choices()
+        self._on_image(self.image.value)
+        self._on_psf_layer(self.psf_layer.value)
+        self._update_visibility()
+
+    # -- keeping the form consistent ------------------------------------------
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer pickers; keep the PSF picker off the image being deconvolved."""
+        super().reset_choices()
+        if self.psf_layer.value is not None and self.psf_layer.value is self.image.value:
+            others = [c for c in self.psf_layer.choices if c is not self.image.value]
+            if others:  # PSF-like names come first in the choices
+                self.psf_layer.value = others[0]
+
+    def _update_visibility(self) -> None:
+        from_file = self.psf_source.value == "file"
+        self.psf_layer.visible = not from_file
+        self.psf_file.visible = from_file
+        advanced = bool(self.show_advanced.value)
+        for method, options in self.method_options.items():
+            options.set_visible(method == self.method.value, advanced)
+        for widget in self._advanced:
+            widget.visible = advanced
+        self.background.visible = advanced and not self.background_auto.value
+
+    def _on_image(self, layer: Image | None) -> None:
+        if layer is None:
+            return
+        self.axes.value = axes_for_ndim(layer.ndim)
+        spatial = min(layer.ndim, 3)
+        self.voxel.set(tuple(layer.scale[-spatial:]))
+
+    def _on_psf_layer(self, layer: Image | None) -> None:
+        if layer is not None:
+            self.psf_voxel.set(tuple(layer.scale[-min(layer.ndim, 3) :]))
+
+    def _on_psf_file(self, path: Any) -> None:
+        if not str(path) or not str(path).lower().endswith((".tif", ".tiff")):
+            return
+        try:
+            psf = read_tiff(str(path))
+        except (OSError, ValueError) as exc:
+            show_error(f"deconflow: cannot read the PSF file: {exc}")
+            return
+        if psf.voxel_size_um is not None:
+            self.psf_voxel.set(psf.voxel_size_um)
+
+    # -- settings -----------------------------------------------------------
+    def _spatial_ndim(self) -> int:
+        axes = self.axes.value.strip().upper()
+        return 2 if axes and not axes.endswith("ZYX") else 3
+
+    def settings(self) -> DeconvolutionSettings:
+        """Build the settings the form describes.
+
+        Raises
+        ------
+        DeconflowError
+            When a value is invalid (the message says which).
+        """
+        method = self.method.value
+        ndim = self._spatial_ndim()
+        try:
+            options = self.method_options[method].values()
+        except ValueError as exc:
+            raise DeconflowError(str(exc)) from exc
+        return DeconvolutionSettings.from_options(
+            method,
+            voxel_size=self.voxel.get(ndim),
+            psf_voxel_size=self.psf_voxel.get(ndim),
+            device=self.device.value,
+            background="auto" if self.background_auto.value else float(self.background.value),
+            prepare_psf=bool(self.prepare_psf.value),
+            **{k: v for k, v in options.items() if v is not None},
+        )
+
+    def set_settings(self, settings: DeconvolutionSettings) -> None:
+        """Fill the form from ``settings`` (e.g. read with ``DeconvolutionSettings.from_yaml``)."""
+        self.method.value = settings.method
+        self.device.value = settings.device if settings.device in _DEVICES else "auto"
+        self.background_auto.value = settings.background is None
+        self.background.value = settings.background or 0.0
+        self.prepare_psf.value = settings.prepare_psf
+        if settings.voxel_size_um is not None:
+            self.voxel.set(settings.voxel_size_um)
+        psf_voxel = settings.psf_voxel_size_um or settings.voxel_size_um  # None: the image's
+        if psf_voxel is not None:
+            self.psf_voxel.set(psf_voxel)
+        options = self.method_options[settings.method]
+        for name, widget in options.widgets.items():
+            value = getattr(settings.solver, name)
+            if isinstance(widget, LineEdit):
+                value = "auto" if value is None else ", ".join(map(str, np.atleast_1d(value)))
+            widget.value = value if value is not None else widget.value
+
+    # -- running ------------------------------------------------------------
+    def _job(self, preview: bool) -> Job:
+        layer = self.image.value
+        if layer is None:
+            raise DeconflowError("Choose an image layer to deconvolve.")
+        axes = self.axes.value.strip().upper() or axes_for_ndim(layer.ndim)
+        leading, spatial = split_axes(axes, layer.ndim)
+        settings = self.settings()
+        psf: Any = None
+        path: str | None = None
+        if self.psf_source.value == "file":
+            path = str(self.psf_file.value)
+            if not path.lower().endswith((".tif", ".tiff")):
+                raise DeconflowError("Choose a PSF TIFF file, or take the PSF from a layer.")
+        elif self.psf_layer.value is None:
+            raise DeconflowError("Choose a PSF layer (or load the PSF from a file).")
+        else:
+            psf = self.psf_layer.value.data
+        scale = tuple(float(s) for s in layer.scale)
+        translate = tuple(float(t) for t in layer.translate)
+        if not preview:
+            return Job(layer.data, axes, psf, path, settings, layer.name, scale, translate)
+        # preview: the current T/C index and a small box around the view's centre
+        centre = self._view_centre(layer)
+        shape = layer.data.shape
+        index = tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, shape, strict=True))
+        size = ([self.preview_planes.value] if len(spatial) == 3 else []) + [
+            self.preview_size.value
+        ] * 2
+        box = crop_around(layer.data.shape[len(leading) :], centre[len(leading) :], size)
+        channel = index[leading.index("C")] if "C" in leading else None
+        offset = [s.start for s in box]
+        n = len(leading)
+        return Job(
+            image=layer.data[index[:n] + box],
+            axes=spatial,
+            psf=psf,
+            psf_path=path,
+            settings=settings,
+            source=layer.name,
+            scale=scale[n:],
+            translate=tuple(
+                t + o * s for t, o, s in zip(translate[n:], offset, scale[n:], strict=True)
+            ),
+            preview=True,
+            psf_channel=channel,
+        )
+
+    def _view_centre(self, layer: Image) -> list[float]:
+        """Return the data coordinates of the current slice at the centre of the view."""
+        point = list(self._viewer.dims.point)
+        displayed = list(self._viewer.dims.displayed)
+        # napari 0.9 moved the camera to viewer.scene; older versions have viewer.camera
+        scene = getattr(self._viewer, "scene", None)
+        camera = scene.camera if scene is not None else self._viewer.camera
+        for axis, value in zip(displayed[-2:], camera.center[-2:], strict=True):
+            point[axis] = value
+        return [float(c) for c in layer.world_to_data(point)]
+
+    def run(self, preview: bool = False) -> GeneratorWorker | None:
+        """Start a run (or a preview) in a worker thread.
+
+        Parameters
+        ----------
+        preview : bool
+            Run on a small region around the current slice instead of the
+            whole image.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The started worker, or ``None`` when the form was invalid (an error
+            notification says why) or a run is already going.
+        """
+        if self.worker is not None:
+            return None
+        try:
+            job = self._job(preview)
+        except (DeconflowError, ValueError) as exc:
+            self._fail(exc)
+            return None
+        volumes = int(np.prod(np.shape(job.image)[: len(job.axes) - self._spatial_ndim()]))
+        self.progress.max = max(1, job.settings.solver.total_steps * volumes)
+        self.progress.value = 0
+        worker = create_worker(run_events, job, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(partial(self._on_result, job))
+        worker.errored.connect(self._fail)
+        worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        self.status.value = "preview…" if preview else "starting…"
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running worker after its current step; the viewer is left as it was."""
+        if self.worker is not None:
+            self.status.value = "cancelling…"
+            self.worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.preview_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def _on_progress(self, event: Progress) -> None:
+        # the bar runs over the steps of the current stage, all tiles and all volumes
+        tiles = getattr(event, "tiles", 1)
+        if event.total > 1 or event.step > 0:
+            per_volume = event.total * tiles
+            self.progress.max = max(1, per_volume * event.volumes)
+            done = getattr(event, "tile", 0) * event.total + event.step
+            self.progress.value = event.volume * per_volume + done
+        where = f"volume {event.volume + 1}/{event.volumes}: " if event.volumes > 1 else ""
+        if tiles > 1:
+            where += f"tile {getattr(event, 'tile', 0) + 1}/{tiles}: "
+        self.status.value = where + event.message
+
+    def _on_result(self, job: Job, result: Result | HyperstackResult | Failure) -> None:
+        if isinstance(result, Failure):
+            self._fail(result.error)
+            return
+        layer = show_result(self._viewer, job, result)
+        self.progress.value = self.progress.max
+        self.status.value = f"done in {result.elapsed_s:.1f} s → {layer.name}"
+
+    def _fail(self, exc: BaseException) -> None:
+        # deconflow's own messages say what to fix; others need their type to be understood
+        text = str(exc) if isinstance(exc, DeconflowError) else f"{type(exc).__name__}: {exc}"
+        self.status.value = "failed"
+        show_error(f"deconflow: {text}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)

@@ -1,0 +1,302 @@
+"""One batch task: deconvolve one file, or skip it when its finished output matches.
+
+:func:`process_file` and :func:`process_file_on_worker` are top-level functions
+of plain dataclasses so that Dask can pickle them to worker processes; every
+outcome, failures included, comes back as a :class:`FileOutcome` value rather
+than an exception, so one bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from deconflow._errors import DeconflowError
+from deconflow._types import VoxelSize
+from deconflow.batch.files import record_for, sha256_file
+from deconflow.batch.settings import resolve_voxel_sizes
+from deconflow.config import DeconvolutionSettings
+from deconflow.io._atomic import atomic_destination
+
+__all__ = ["FileJob", "FileOutcome", "process_file", "process_file_on_worker", "resume_key"]
+
+#: Topic of the progress events workers send to the client (``Worker.log_event``).
+PROGRESS_TOPIC = "deconflow-batch-progress"
+#: Shortest time between two progress events of one task; the scheduler relays each one.
+_PROGRESS_INTERVAL_S = 0.25
+Status = Literal["done", "skipped", "failed"]
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """Everything a worker needs to process one input file.
+
+    Attributes
+    ----------
+    source, output : str
+        Absolute input and output paths (workers of a cluster must see them).
+    psfs : tuple of str
+        PSF files: one for all channels or one per channel.
+    settings : DeconvolutionSettings
+        Settings from ``--config`` and flags; voxel sizes still ``None`` are
+        read from each file.
+    voxel_size_um, psf_voxel_size_um : tuple of float or None
+        ``--voxel-size`` / ``--psf-voxel-size`` overrides.
+    overwrite : bool
+        Replace an existing output that was made with other settings or
+        inputs (or not by deconflow). A matching output is always kept.
+    """
+
+    source: str
+    output: str
+    psfs: tuple[str, ...]
+    settings: DeconvolutionSettings
+    voxel_size_um: VoxelSize | None = None
+    psf_voxel_size_um: VoxelSize | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file; ``detail`` holds a traceback for unexpected errors."""
+
+    source: str
+    output: str
+    status: Status
+    seconds: float
+    device: str = ""
+    message: str = ""
+    detail: str = ""
+
+
+def resume_key(job: FileJob, input_sha256: str, psf_sha256: list[str]) -> str:
+    """Hash of everything that determines an output: requested settings, input and PSF bytes.
+
+    The device is left out: a run started on a GPU may be finished on the CPU
+    without redoing the files already written. Voxel sizes read from the files
+    are covered by the file hashes.
+    """
+    settings = job.settings.to_dict()
+    settings.pop("device", None)
+    payload = {
+        "settings": settings,
+        "voxel_size_um": job.voxel_size_um,
+        "psf_voxel_size_um": job.psf_voxel_size_um,
+        "input_sha256": input_sha256,
+        "psf_sha256": psf_sha256,
+        "weights_sha256": None,
+    }
+    text = json.dumps(payload, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical_axes(axes: str, source: Path) -> str:
+    unknown = sorted(set(axes) - set("TCZYX"))
+    if unknown or len(set(axes)) != len(axes) or not axes.endswith("YX"):
+        raise DeconflowError(
+            f"{source.name} has axes {axes!r}; deconflow takes stacks with Y, X, optional Z and "
+            "optional T and C axes (not RGB or other axes). Save it as a grayscale (hyper)stack."
+        )
+    return "".join(a for a in "TCZYX" if a in axes)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_record(output: Path, provenance: dict[str, Any]) -> None:
+    with atomic_destination(record_for(output)) as tmp:
+        tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
+
+
+def _deconvolve(
+    job: FileJob,
+    key: str,
+    input_sha256: str,
+    psf_sha256: list[str],
+    progress: ProgressCallback | None,
+) -> str:
+    from deconflow import __version__
+    from deconflow.hyperstack import iter_deconvolve_hyperstack
+    from deconflow.io import read_tiff, write_ome_tiff
+    from deconflow.pipeline import Progress, iter_deconvolve
+
+    started = _now()
+    source, output = Path(job.source), Path(job.output)
+    image = read_tiff(source)
+    psfs = [read_tiff(p) for p in job.psfs]
+    psf_voxels = {p.voxel_size_um for p in psfs}
+    if len(psf_voxels) > 1 and job.psf_voxel_size_um is None:
+        raise DeconflowError(
+            f"The PSF files have different voxel sizes {sorted(map(str, psf_voxels))}; give "
+            "--psf-voxel-size, or resample the PSFs to one voxel size."
+        )
+    settings = resolve_voxel_sizes(
+        job.settings,
+        flag=job.voxel_size_um,
+        psf_flag=job.psf_voxel_size_um,
+        from_image=image.voxel_size_um,
+        from_psf=psfs[0].voxel_size_um,
+    )
+    canonical = _canonical_axes(image.axes, source)
+    order = [image.axes.index(a) for a in canonical]
+    data = np.transpose(image.data, order)
+    if canonical in ("ZYX", "YX"):
+        if len(psfs) > 1:
+            raise DeconflowError(
+                f"{len(psfs)} PSFs were given but {source.name} has no channel axis (axes "
+                f"{image.axes!r}); give one --psf."
+            )
+        events = iter_deconvolve(data, psfs[0].data, settings)
+    else:
+        events = iter_deconvolve_hyperstack(data, [p.data for p in psfs], settings, axes=canonical)
+    result = None
+    for event in events:
+        if not isinstance(event, Progress):
+            result = event
+        elif progress is not None and event.stage == "solve":
+            # one count over all volumes and tiles: each chunk has ``total`` solver steps
+            chunk = event.volume * event.tiles + event.tile
+            progress(chunk * event.total + event.step, event.volumes * event.tiles * event.total)
+    if result is None:  # the engine always ends with a result
+        raise RuntimeError("the deconvolution ended without a result")
+    # back to the input's axis order, so the output reads like the input
+    restored = np.ascontiguousarray(np.transpose(result.image, np.argsort(order)))
+    provenance: dict[str, Any] = {
+        **result.provenance(),
+        "deconflow_version": __version__,
+        "method": settings.method,
+        "settings": settings.to_dict(),
+        "weights_sha256": None,  # no method has learned weights yet
+        "input": {
+            "path": str(source),
+            "sha256": input_sha256,
+            "axes": image.axes,
+            "shape": list(image.data.shape),
+            "dtype": str(image.data.dtype),
+            "voxel_size_um": image.voxel_size_um,
+        },
+        "psf_files": [{"path": p, "sha256": h} for p, h in zip(job.psfs, psf_sha256, strict=True)],
+        "output": {"path": str(output), "axes": image.axes, "dtype": "float32"},
+        "host": platform.node(),
+        "started_utc": started,
+        "finished_utc": _now(),
+        "resume_key": key,
+    }
+    write_ome_tiff(
+        output,
+        restored.astype(np.float32, copy=False),
+        axes=image.axes,
+        voxel_size_um=settings.voxel_size_um,
+        description=provenance,
+    )
+    # the TIFF first: a kill between the two renames leaves a complete output whose
+    # embedded record lets the next run restore the JSON instead of redoing the work
+    _write_record(output, provenance)
+    return result.device
+
+
+def process_file(job: FileJob, progress: ProgressCallback | None = None) -> FileOutcome:
+    """Deconvolve ``job.source`` into ``job.output``, or skip it when already done.
+
+    Parameters
+    ----------
+    job : FileJob
+        The file and settings.
+    progress : callable, optional
+        Called with ``(done, total)`` solver steps over all volumes.
+
+    Returns
+    -------
+    FileOutcome
+        ``done``, ``skipped`` (a finished output with the same resume key
+        exists) or ``failed`` with a one-line message.
+    """
+    from deconflow.io import read_ome_description
+
+    start = time.perf_counter()
+    source, output = Path(job.source), Path(job.output)
+    try:
+        if output.resolve() == source.resolve() or str(output.resolve()) in job.psfs:
+            raise DeconflowError(f"The output {output} is an input file; inputs are never written.")
+        for path in (source, *map(Path, job.psfs)):
+            if not path.is_file():
+                raise DeconflowError(f"No such file: {path}. Check the path.")
+        input_sha256 = sha256_file(source)
+        psf_sha256 = [sha256_file(Path(p)) for p in job.psfs]
+        key = resume_key(job, input_sha256, psf_sha256)
+        existing = read_ome_description(output)
+        if existing is not None and existing.get("resume_key") == key:
+            if not record_for(output).is_file():
+                _write_record(output, existing)
+            return FileOutcome(
+                job.source,
+                job.output,
+                "skipped",
+                time.perf_counter() - start,
+                str(existing.get("device", "")),
+                "finished output with the same settings and inputs exists",
+            )
+        if output.exists() and not job.overwrite:
+            made_by = "with other settings or inputs" if existing else "by another program"
+            raise DeconflowError(
+                f"{output} exists and was made {made_by}; pass --overwrite to replace it, or "
+                "choose another output folder."
+            )
+        device = _deconvolve(job, key, input_sha256, psf_sha256, progress)
+        return FileOutcome(job.source, job.output, "done", time.perf_counter() - start, device)
+    except DeconflowError as exc:
+        message, detail = str(exc), ""
+    except Exception as exc:  # any damage in one file must not stop the batch
+        message, detail = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    return FileOutcome(
+        job.source, job.output, "failed", time.perf_counter() - start, "", message, detail
+    )
+
+
+def _worker_gpu(settings: DeconvolutionSettings, worker_name: object) -> DeconvolutionSettings:
+    """Spread workers over the GPUs when several are visible and the device is ``auto``."""
+    import torch
+
+    count = torch.cuda.device_count() if settings.device == "auto" else 0
+    if count < 2:
+        return settings
+    # LocalCluster names its workers 0..N-1; other names end in a number or are hashed
+    match = re.search(r"(\d+)$", str(worker_name))
+    index = (
+        int(match.group(1))
+        if match
+        else int(hashlib.sha256(str(worker_name).encode()).hexdigest(), 16)
+    )
+    return dataclasses.replace(settings, device=f"cuda:{index % count}")
+
+
+def process_file_on_worker(job: FileJob) -> FileOutcome:
+    """:func:`process_file` inside a Dask worker: GPU choice and progress events to the client."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    job = dataclasses.replace(job, settings=_worker_gpu(job.settings, worker.name))
+    last = 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done == total or now - last >= _PROGRESS_INTERVAL_S:
+            last = now
+            worker.log_event(PROGRESS_TOPIC, {"source": job.source, "done": done, "total": total})
+
+    return process_file(job, report)

@@ -1,0 +1,124 @@
+"""The ``deconflow train`` subcommand (registered into the main CLI by :func:`register`).
+
+Also runnable alone: ``python -m deconflow.priors._cli train --out my.pt ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deconflow._errors import DeconflowError
+
+__all__ = ["main", "register"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deconflow.priors.train import TrainConfig, train_prior
+
+    config = TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        batch=args.batch,
+        patch=tuple(args.patch),
+        lr=args.lr,
+        seed=args.seed,
+        data=args.data,
+        voxel_size_um=tuple(args.voxel_size) if args.voxel_size else None,
+        init=args.init,
+        plane_every=args.plane_every,
+        device=args.device or "auto",
+        threads=args.threads,
+        max_minutes=args.max_minutes,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        # the main CLI does not set command_line: record how it was called
+        command=args.command_line or shlex.join(["deconflow", *sys.argv[1:]]),
+        note=args.note,
+    )
+    path = train_prior(config, progress=not args.quiet)
+    print(path)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand; its handler is ``args.handler(args) -> int``.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The main parser's subparsers.
+    """
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune the flow-matching prior",
+        description="Conditional flow matching on generated structure or on a folder of your "
+        "own sharp TIFF stacks; writes weights (.pt), a model card (.json) and a resumable "
+        "checkpoint (.ckpt.pt).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder of sharp TIFF stacks (default: built-in generator)",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in µm for TIFFs without metadata",
+    )
+    p.add_argument("--init", type=Path, default=None, help="weights to fine-tune from")
+    p.add_argument("--steps", type=int, default=500, help="optimiser steps (500)")
+    p.add_argument("--batch", type=int, default=4, help="volumes per step (4)")
+    p.add_argument(
+        "--patch",
+        type=int,
+        nargs=3,
+        default=[16, 64, 64],
+        metavar=("Z", "Y", "X"),
+        help="training patch (16 64 64)",
+    )
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument(
+        "--plane-every", type=int, default=10, help="every n-th step uses 2D planes (10; 0 = never)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-time budget; the schedule anneals by steps or time, whichever ends first",
+    )
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the .ckpt.pt beside --out")
+    p.add_argument("--note", default="", help="free text stored in the model card")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    p.set_defaults(handler=_cmd_train, command_line="")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``train`` without the main CLI (used to produce the shipped weights)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m deconflow.priors._cli")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "deconflow.priors._cli", *argv])
+    try:
+        return int(args.handler(args))
+    except DeconflowError as exc:
+        print(f"deconflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Training batches: from the built-in generator or from a folder of the user's sharp TIFFs.
+
+Both sources yield batches already in prior units (:mod:`deconflow.priors.normalization`)
+with the voxel aspect of each item, so the network learns the aspect it will be told.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deconflow._errors import DeconflowError
+from deconflow.priors.generator import generate_volume
+from deconflow.priors.normalization import fit_normalization
+
+__all__ = ["Batch", "FolderSource", "GeneratorSource", "augment_gain"]
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class Batch:
+    """Data volumes ``x1`` (prior units, ``(B, 1, [Z,] Y, X)``) and aspects ``(B,)``."""
+
+    x1: torch.Tensor
+    aspect: torch.Tensor
+
+
+def augment_gain(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gain in [0.5, 1.5] and flips: the prior must tolerate scale estimate errors."""
+    x = x * rng.uniform(0.5, 1.5)
+    for axis in range(x.ndim - 2, x.ndim):  # in-plane flips only: z is not symmetric optically
+        if rng.uniform() < 0.5:
+            x = np.flip(x, axis)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class GeneratorSource:
+    """Batches of freshly generated volumes at random pixel sizes and voxel aspects.
+
+    Parameters
+    ----------
+    patch : sequence of int
+        ``(z, y, x)`` patch size.
+    aspect_range : tuple of float
+        Voxel aspects (z step / pixel size) drawn log-uniformly from this range.
+    pixel_um_range : tuple of float
+        In-plane pixel sizes (µm) drawn log-uniformly from this range.
+    """
+
+    def __init__(
+        self,
+        patch: Sequence[int] = (16, 64, 64),
+        aspect_range: tuple[float, float] = (1.0, 6.0),
+        pixel_um_range: tuple[float, float] = (0.06, 0.2),
+    ) -> None:
+        self.patch = tuple(int(p) for p in patch)
+        self.aspect_range = aspect_range
+        self.pixel_um_range = pixel_um_range
+
+    def describe(self) -> str:
+        """One line for the model card."""
+        return (
+            f"built-in generator (deconflow.priors.generator), patches {self.patch}, "
+            f"pixel {self.pixel_um_range} µm, voxel aspect {self.aspect_range} log-uniform"
+        )
+
+    def sample(self, batch: int, rng: np.random.Generator, plane: bool = False) -> Batch:
+        """Draw a batch of 3D patches, or of 2D single planes when ``plane``."""
+        lo, hi = np.log(self.aspect_range)
+        xs, aspects = [], []
+        for _ in range(batch):
+            aspect = float(np.exp(rng.uniform(lo, hi)))
+            px = float(np.exp(rng.uniform(*np.log(self.pixel_um_range))))
+            shape = (3, *self.patch[1:]) if plane else self.patch
+            vol = generate_volume(shape, (aspect * px, px, px), rng)
+            if plane:
+                vol = vol[1]
+                aspect = 1.0  # 2D is always told aspect 1
+            xs.append(augment_gain(fit_normalization(vol).apply(vol), rng))
+            aspects.append(aspect)
+        return Batch(torch.from_numpy(np.stack(xs)[:, None]), torch.tensor(aspects))
+
+
+def _list_tiffs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DeconflowError(f"Training data folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _TIFF_SUFFIXES)
+    if not files:
+        raise DeconflowError(f"No .tif/.tiff files in {folder}; put sharp 3D stacks there.")
+    return files
+
+
+class FolderSource:
+    """Random patches from a folder of the user's own sharp (deconvolved/high-NA) TIFF stacks.
+
+    Each file is read once (2D ``(Y, X)`` or 3D ``(Z, Y, X)``; other axes are refused),
+    normalised as a whole with the prior's rule, and patches are cut at random.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Searched recursively for ``.tif``/``.tiff``.
+    patch : sequence of int
+        ``(z, y, x)`` patch size; smaller stacks are padded by reflection.
+    voxel_size_um : sequence of float, optional
+        ``(z, y, x)`` µm for files whose metadata lack it (and to override it).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        patch: Sequence[int] = (16, 64, 64),
+        voxel_size_um: Sequence[float] | None = None,
+    ) -> None:
+        from deconflow.io import read_tiff  # tifffile only when a folder is used
+
+        self.folder = Path(folder)
+        self.patch = tuple(int(p) for p in patch)
+        self.volumes: list[np.ndarray] = []
+        self.aspects: list[float] = []
+        for path in _list_tiffs(self.folder):
+            image = read_tiff(path)
+            data = np.squeeze(image.data)
+            if data.ndim not in (2, 3) or not np.issubdtype(data.dtype, np.number):
+                raise DeconflowError(
+                    f"{path}: expected one 2D or 3D stack, got axes {image.axes} and shape "
+                    f"{image.data.shape}; split channels/time points into separate files."
+                )
+            data = data.astype(np.float32)[None] if data.ndim == 2 else data.astype(np.float32)
+            vs = voxel_size_um or image.voxel_size_um
+            if vs is None or len(vs) != 3 or not all(np.isfinite(vs)):
+                aspect = 1.0 if image.data.ndim == 2 else None
+                if aspect is None:
+                    raise DeconflowError(
+                        f"{path} has no voxel size in its metadata; pass voxel_size_um=(z, y, x)."
+                    )
+            else:
+                aspect = float(vs[0] / vs[-1])
+            self.volumes.append(fit_normalization(data).apply(data))
+            self.aspects.append(aspect)
+
+    def describe(self) -> str:
+        """One line for the model card."""
+        return (
+            f"{len(self.volumes)} TIFF stack(s) from {self.folder}, patches {self.patch}, "
+            f"voxel aspects {sorted({round(a, 2) for a in self.aspects})}"
+        )
+
+    def sample(self, batch: int, rng: np.random.Generator, plane: bool = False) -> Batch:
+        """Cut a batch of random patches (single planes when ``plane``)."""
+        xs, aspects = [], []
+        pz, py, px = (1, *self.patch[1:]) if plane else self.patch
+        for _ in range(batch):
+            i = int(rng.integers(len(self.volumes)))
+            vol = self.volumes[i]
+            need = [(0, max(0, p - n)) for p, n in zip((pz, py, px), vol.shape, strict=True)]
+            if any(n for _, n in need):
+                vol = np.pad(vol, need, mode="reflect" if min(vol.shape) > 1 else "edge")
+            start = [
+                int(rng.integers(n - p + 1)) for n, p in zip(vol.shape, (pz, py, px), strict=True)
+            ]
+            cut = vol[start[0] : start[0] + pz, start[1] : start[1] + py, start[2] : start[2] + px]
+            xs.append(augment_gain(cut[0] if plane else cut, rng))
+            aspects.append(1.0 if plane else self.aspects[i])
+        return Batch(torch.from_numpy(np.stack(xs)[:, None]), torch.tensor(aspects))

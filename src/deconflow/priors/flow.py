@@ -1,0 +1,174 @@
+"""Flow matching: the one time convention of deconflow, the training loss and the prior object.
+
+Time convention (used everywhere in deconflow; nowhere else is it restated):
+
+- ``t = 0`` is noise, ``t = 1`` is data;
+- path ``x_t = t x1 + (1 - t) eps`` with ``eps ~ N(0, I)`` and ``x1`` a data volume in prior
+  units (see :mod:`deconflow.priors.normalization`);
+- velocity target ``dx_t/dt = x1 - eps``; the network learns ``v(x_t, t) ≈ E[x1 - eps | x_t]``;
+- denoiser ``D_t(x) = x + (1 - t) v(x, t) ≈ E[x1 | x_t = x]``; the noise still in ``x_t`` has
+  standard deviation ``1 - t`` (relative to a data scale of ~1).
+
+A sampler integrates ``dx/dt = v(x, t)`` from ``t = 0`` to ``1``, or re-noises an estimate
+``x̂`` to time ``t`` as ``t x̂ + (1 - t) eps`` and denoises it with ``D_t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from deconflow.priors.network import VelocityUNet, flops_per_voxel
+
+__all__ = ["FlowPrior", "cfm_loss", "interpolate"]
+
+
+def _bcast(t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """Time as a (B, 1, 1, ...) tensor broadcastable against ``like``."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(-1)
+    return t.expand(like.shape[0]).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def interpolate(x1: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Point ``x_t = t x1 + (1 - t) eps`` on the linear path."""
+    tb = _bcast(t, x1)
+    return tb * x1 + (1 - tb) * eps
+
+
+def cfm_loss(
+    network: VelocityUNet,
+    x1: torch.Tensor,
+    aspect: torch.Tensor | float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Conditional flow-matching loss (linear path) on a batch of data volumes.
+
+    Parameters
+    ----------
+    network : VelocityUNet
+        The velocity network being trained.
+    x1 : torch.Tensor
+        Data in prior units, ``(B, 1, [Z,] Y, X)``.
+    aspect : torch.Tensor or float
+        Voxel aspect (z step / pixel size) per batch item or for all.
+    generator : torch.Generator, optional
+        For reproducible ``t`` and noise.
+
+    Returns
+    -------
+    torch.Tensor
+        Mean squared error between ``v(x_t, t)`` and ``x1 - eps``.
+    """
+    b = x1.shape[0]
+    t = torch.rand(b, generator=generator, device=x1.device)
+    eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    v = network(interpolate(x1, eps, t), t, aspect)
+    return torch.mean((v.float() - (x1 - eps).float()) ** 2)
+
+
+@dataclass
+class FlowPrior:
+    """A trained flow-matching prior for volumes of one voxel aspect.
+
+    Parameters
+    ----------
+    network : VelocityUNet
+        Trained (EMA) network; it is put in eval mode and frozen.
+    voxel_aspect : float
+        z step over pixel size of the volumes this prior will see (1 for 2D).
+    card : dict
+        Model card of the weights (provenance), possibly empty.
+
+    Notes
+    -----
+    Inputs and outputs are in prior units: apply a
+    :class:`~deconflow.priors.normalization.Normalization` first and invert it after.
+    Tensors may be spatial only (``(Z, Y, X)`` / ``(Y, X)``) or ``(B, 1, [Z,] Y, X)``.
+    Gradients flow through the network only when the input requires them.
+    """
+
+    network: VelocityUNet
+    voxel_aspect: float = 1.0
+    card: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.network.eval()
+        self.network.requires_grad_(False)
+
+    def for_voxel_size(self, voxel_size_um: Sequence[float]) -> FlowPrior:
+        """Return the same prior told the aspect of ``(z, y, x)`` voxel sizes (2D: aspect 1)."""
+        aspect = voxel_size_um[0] / voxel_size_um[-1] if len(voxel_size_um) == 3 else 1.0
+        return replace(self, voxel_aspect=float(aspect))
+
+    def to(self, device: torch.device | str) -> FlowPrior:
+        """Move the network to ``device`` (in place) and return self."""
+        self.network.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the network's weights."""
+        return next(self.network.parameters()).device
+
+    @property
+    def flops_per_voxel(self) -> float:
+        """FLOP per voxel for one evaluation of :meth:`velocity`."""
+        return flops_per_voxel(self.network)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Velocity ``v(x_t, t)`` (``t = 0`` noise, ``t = 1`` data), same shape as ``x_t``.
+
+        Parameters
+        ----------
+        x_t : torch.Tensor
+            Current state in prior units, on the prior's device.
+        t : float or torch.Tensor
+            Time in [0, 1], scalar or one per batch item.
+
+        Returns
+        -------
+        torch.Tensor
+            The velocity, in ``x_t``'s shape and dtype.
+        """
+        spatial = x_t.ndim in (2, 3)
+        x = x_t[None, None] if spatial else x_t
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            v = self.network(x.float(), t, self.voxel_aspect).to(x_t.dtype)
+        return v[0, 0] if spatial else v
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Denoiser ``D_t(x_t) = x_t + (1 - t) v(x_t, t)``, the estimate of the data ``x1``."""
+        v = self.velocity(x_t, t)
+        spatial = x_t.ndim in (2, 3)
+        tb = _bcast(t, x_t[None, None] if spatial else x_t)
+        return x_t + (1 - (tb[0, 0] if spatial else tb)) * v
+
+    @torch.no_grad()
+    def sample(
+        self,
+        shape: Sequence[int],
+        steps: int = 20,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw from the prior by Euler integration of the ODE from noise (for inspection).
+
+        Parameters
+        ----------
+        shape : sequence of int
+            ``(B, 1, [Z,] Y, X)``.
+        steps : int
+            Euler steps from t = 0 to 1.
+        generator : torch.Generator, optional
+            Seeded generator on the prior's device.
+
+        Returns
+        -------
+        torch.Tensor
+            Samples in prior units.
+        """
+        x = torch.randn(tuple(shape), generator=generator, device=self.device)
+        for i in range(steps):
+            x = x + self.velocity(x, i / steps) / steps
+        return x

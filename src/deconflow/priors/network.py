@@ -1,0 +1,212 @@
+"""The velocity network: a small fully-convolutional 3D U-Net with time and voxel-aspect input.
+
+Full 3×3×3 convolutions, not pseudo-3D (1×3×3 then 3×1×1): on the 2-core CPU this
+package targets, oneDNN runs a full 3D convolution at ~175 GFLOP/s but the factorised
+pair at 77 and 28 GFLOP/s, so the factorised layer, with 2.25× fewer FLOPs, took *longer*
+(30 ms against 21 ms for 16 channels on 4×16×64×64). Equal wall time buys more capacity
+in full 3D. See ``docs/prior.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["NetworkConfig", "VelocityUNet", "flops_per_voxel"]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture of :class:`VelocityUNet` (stored in every weights file).
+
+    Attributes
+    ----------
+    channels : tuple of int
+        Feature channels per resolution level, finest first.
+    z_pool : tuple of bool
+        Per downsampling step (``len(channels) - 1`` of them), whether z is halved too.
+        The first step keeps z because the z step is already 2–5× the pixel size.
+    embed_dim : int
+        Width of the time/aspect embedding.
+    groups : int
+        Group-norm groups (must divide every channel count).
+    """
+
+    channels: tuple[int, ...] = (16, 24, 48, 64)
+    z_pool: tuple[bool, ...] = (False, True, True)
+    embed_dim: int = 64
+    groups: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.z_pool) != len(self.channels) - 1:
+            raise ValueError("z_pool needs one entry per downsampling step")
+        if any(c % self.groups for c in self.channels):
+            raise ValueError("groups must divide every channel count")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able form."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, mapping: dict[str, object]) -> NetworkConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            channels=tuple(int(c) for c in mapping["channels"]),  # type: ignore[union-attr]
+            z_pool=tuple(bool(b) for b in mapping["z_pool"]),  # type: ignore[union-attr]
+            embed_dim=int(mapping["embed_dim"]),  # type: ignore[arg-type]
+            groups=int(mapping["groups"]),  # type: ignore[arg-type]
+        )
+
+
+def _fourier(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Sin/cos features of a (B,) tensor at n log-spaced frequencies."""
+    freqs = torch.exp(torch.linspace(0.0, math.log(200.0), n, device=values.device))
+    angles = values[:, None].float() * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class _ResBlock(nn.Module):
+    """GN-SiLU-conv twice, with FiLM from the embedding in between, plus a skip."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = nn.Conv3d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(embed_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        # start as (almost) identity: stabilises the first hundred steps of a short CPU run
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(h)
+
+
+class VelocityUNet(nn.Module):
+    """Velocity field ``v(x_t, t, aspect)`` on single-channel 2D or 3D volumes.
+
+    Parameters
+    ----------
+    config : NetworkConfig, optional
+        Architecture; the default is the shipped model's.
+
+    Notes
+    -----
+    Input ``(B, 1, Z, Y, X)`` or ``(B, 1, Y, X)``; any spatial size. The input is padded
+    (edge-replicated) to a multiple of the network's stride and the output cropped back,
+    so the output has the input's shape. A 2D input is run as one z plane with no z
+    pooling. ``aspect`` is the z step over the pixel size (1 for 2D); the network was
+    trained on aspects 1–5 and sees ``log(aspect)``.
+    """
+
+    def __init__(self, config: NetworkConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetworkConfig()
+        ch, e = self.config.channels, self.config.embed_dim
+        g = self.config.groups
+        self.embed = nn.Sequential(nn.Linear(32 + 8, e), nn.SiLU(), nn.Linear(e, e))
+        self.inp = nn.Conv3d(1, ch[0], 3, padding=1)
+        self.down = nn.ModuleList(
+            [_ResBlock(ch[i - 1] if i else ch[0], ch[i], e, g) for i in range(len(ch))]
+        )
+        self.up = nn.ModuleList(
+            [_ResBlock(ch[i + 1] + ch[i], ch[i], e, g) for i in range(len(ch) - 1)]
+        )
+        self.out_norm = nn.GroupNorm(g, ch[0])
+        self.out = nn.Conv3d(ch[0], 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def stride(self, is_2d: bool = False) -> tuple[int, int, int]:
+        """Spatial multiple (z, y, x) the padded input must have."""
+        z = 1 if is_2d else 2 ** sum(self.config.z_pool)
+        xy = 2 ** len(self.config.z_pool)
+        return z, xy, xy
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, aspect: torch.Tensor | float = 1.0
+    ) -> torch.Tensor:
+        """Velocity at ``x`` (shape ``(B, 1, [Z,] Y, X)``) and times ``t`` (shape ``(B,)``)."""
+        is_2d = x.ndim == 4
+        if is_2d:
+            x = x[:, :, None]
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected (B, 1, [Z,] Y, X), got {tuple(x.shape)}")
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        a = torch.as_tensor(aspect, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        emb = self.embed(torch.cat([_fourier(t, 16), _fourier(torch.log(a), 4)], dim=1))
+
+        shape = x.shape[2:]
+        pads = [(-n) % s for n, s in zip(shape, self.stride(is_2d), strict=True)]
+        if any(pads):
+            # F.pad lists the last axis first; replicate works for any size, reflect needs > pad
+            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+
+        h = self.inp(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                kz = 2 if self.config.z_pool[i - 1] and not is_2d else 1
+                h = F.avg_pool3d(h, (kz, 2, 2))
+            h = block(h, emb)
+            skips.append(h)
+        for i in reversed(range(len(self.up))):
+            h = F.interpolate(h, size=skips[i].shape[2:], mode="nearest")
+            h = self.up[i](torch.cat([h, skips[i]], dim=1), emb)
+        v = self.out(F.silu(self.out_norm(h)))
+        v = v[:, :, : shape[0], : shape[1], : shape[2]]
+        return v[:, :, 0] if is_2d else v
+
+
+def flops_per_voxel(network: VelocityUNet, shape: tuple[int, int, int] = (16, 64, 64)) -> float:
+    """Floating-point operations per input voxel for one evaluation (2 per multiply-add).
+
+    Counts the convolutions (which dominate) and the group norms and activations
+    (~10 operations per element); the embedding MLP is per volume and ignored.
+
+    Parameters
+    ----------
+    network : VelocityUNet
+        The network.
+    shape : tuple of int
+        A 3D shape divisible by the stride (so that padding does not inflate the count).
+
+    Returns
+    -------
+    float
+        FLOP per voxel.
+    """
+    total = [0.0]
+
+    def conv_hook(mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        assert isinstance(mod, nn.Conv3d)
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.kernel_size[2]
+        total[0] += 2.0 * out.numel() * k * mod.in_channels / mod.groups
+
+    def norm_hook(_mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        total[0] += 10.0 * out.numel()
+
+    handles = []
+    for mod in network.modules():
+        if isinstance(mod, nn.Conv3d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.GroupNorm):
+            handles.append(mod.register_forward_hook(norm_hook))
+    try:
+        with torch.no_grad():
+            p = next(network.parameters())
+            network(torch.zeros(1, 1, *shape, device=p.device), torch.zeros(1, device=p.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / math.prod(shape)

@@ -1,0 +1,131 @@
+"""Saving and loading prior weights, and the default weights shipped inside the package.
+
+A weights file is a ``torch.save`` dict read back with ``weights_only=True`` (no code runs
+on load)::
+
+    {"format": "deconflow-flow-prior", "format_version": 1,
+     "network": NetworkConfig.to_dict(), "state_dict": {...}, "card": {...}}
+
+The model card is also written as JSON beside the weights (``name.json``) for people.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from deconflow._errors import DeconflowError
+from deconflow.priors.flow import FlowPrior
+from deconflow.priors.network import NetworkConfig, VelocityUNet
+
+__all__ = ["DEFAULT_WEIGHTS", "default_weights_path", "load_prior", "save_prior"]
+
+_FORMAT = "deconflow-flow-prior"
+_FORMAT_VERSION = 1
+#: File name of the shipped weights inside ``deconflow/priors/weights/``.
+DEFAULT_WEIGHTS = "default.pt"
+
+
+def default_weights_path() -> Path:
+    """Path of the weights shipped with the package (no download, works offline)."""
+    return Path(__file__).resolve().parent / "weights" / DEFAULT_WEIGHTS
+
+
+def save_prior(
+    network: VelocityUNet, path: str | os.PathLike[str], card: dict[str, object] | None = None
+) -> Path:
+    """Write weights (float32, CPU) and the model card JSON beside them, atomically.
+
+    Parameters
+    ----------
+    network : VelocityUNet
+        Network to save (pass the EMA copy).
+    path : str or path-like
+        Destination ``.pt`` file; ``path.with_suffix('.json')`` receives the card.
+    card : dict, optional
+        Model card (provenance); stored in both files.
+
+    Returns
+    -------
+    Path
+        The weights path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().clone() for k, v in network.state_dict().items()}
+    blob = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "network": network.config.to_dict(),
+        "state_dict": state,
+        "card": card or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated file under the real name
+    tmp_card = path.with_name(path.stem + ".json.tmp")
+    tmp_card.write_text(json.dumps(card or {}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_card, path.with_suffix(".json"))
+    return path
+
+
+def load_prior(
+    path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu"
+) -> FlowPrior:
+    """Load a :class:`FlowPrior` from a weights file (default: the shipped weights).
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        Weights written by :func:`save_prior` or ``deconflow train``.
+    device : torch.device or str
+        Where to put the network.
+
+    Returns
+    -------
+    FlowPrior
+        Frozen prior with voxel aspect 1; call ``for_voxel_size`` for the data's aspect.
+
+    Raises
+    ------
+    DeconflowError
+        If the file is missing, truncated/corrupt, not a deconflow prior, or its weights do
+        not fit the architecture it declares.
+    """
+    path = default_weights_path() if path is None else Path(path)
+    if not path.is_file():
+        raise DeconflowError(
+            f"Prior weights file not found: {path}. Pass the .pt file written by "
+            "'deconflow train', or omit the path to use the shipped default weights."
+        )
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for short or foreign files
+        raise DeconflowError(
+            f"Could not read prior weights {path} ({type(exc).__name__}): the file is "
+            "truncated, corrupt or not a torch file. Re-copy it or retrain with 'deconflow train'."
+        ) from exc
+    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+        raise DeconflowError(
+            f"{path} is not a deconflow flow-prior weights file (no '{_FORMAT}' header); "
+            "it may be a checkpoint of another model."
+        )
+    if int(blob.get("format_version", -1)) > _FORMAT_VERSION:
+        raise DeconflowError(
+            f"{path} was written by a newer deconflow (format {blob['format_version']}); "
+            "upgrade deconflow to load it."
+        )
+    try:
+        network = VelocityUNet(NetworkConfig.from_dict(blob["network"]))
+        network.load_state_dict(blob["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise DeconflowError(
+            f"The weights in {path} do not match the network architecture they declare "
+            f"(wrong architecture or edited file): {first}"
+        ) from exc
+    card = blob.get("card") or {}
+    return FlowPrior(network.to(device), voxel_aspect=1.0, card=dict(card))

@@ -1,0 +1,276 @@
+"""The deconvolution dock widget, driven as a user would, in a real napari viewer (Xvfb)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from magicgui.widgets import FileEdit, FloatSpinBox, LineEdit, SpinBox
+
+import deconflow
+from deconflow._napari import _fields, _widget
+from deconflow._napari._fields import MethodOptions, method_section
+from deconflow.config import METHODS
+from deconflow.io import write_tiff
+
+pytestmark = pytest.mark.gui
+
+SCALE = (0.2, 0.08, 0.08)
+TRANSLATE = (1.0, 2.0, 3.0)
+
+
+def _fast(widget, method: str, steps: int = 2) -> None:
+    """Choose ``method`` with few steps (iterations for the classical ones, steps for flow)."""
+    widget.method.value = method
+    options = widget.method_options[method]
+    name = next(n for n in ("iterations", "steps") if n in options.widgets)
+    options[name].value = steps
+    if "samples" in options.widgets:
+        options["samples"].value = 2
+
+
+def _load(viewer, simulated):
+    measured, _, psf = simulated
+    image = viewer.add_image(measured, name="cells", scale=SCALE, translate=TRANSLATE)
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    return image
+
+
+def test_widget_comes_from_the_manifest_with_methods_and_options_from_settings(
+    viewer_widget, simulated
+):
+    viewer, widget = viewer_widget
+    assert isinstance(widget, _widget.DeconvolutionWidget)
+    assert list(widget.method.choices) == list(METHODS)
+    assert widget.method.value == ("flow" if "flow" in METHODS else "rl")
+    for method in METHODS:
+        fields = {f.name for f in dataclasses.fields(method_section(method)) if f.init}
+        assert set(widget.method_options[method].widgets) == fields
+    _load(viewer, simulated)
+    # the image layer is picked, its scale fills the voxel size; the PSF picker prefers "psf"
+    assert widget.image.value.name == "cells"
+    assert widget.psf_layer.value.name == "bead psf"
+    assert widget.voxel.get(3) == pytest.approx(SCALE)
+    assert widget.axes.value == "ZYX"
+    # only the chosen method's options are shown
+    widget.method.value = "wiener"
+    assert not widget.method_options["wiener"].main.native.isHidden()
+    assert widget.method_options["rl"].main.native.isHidden()
+    assert widget.method_options["wiener"].advanced.native.isHidden()  # advanced section closed
+    widget.show_advanced.value = True
+    assert not widget.method_options["wiener"].advanced.native.isHidden()
+    assert widget.method_options["rl-tv"].advanced.native.isHidden()
+
+
+def test_flow_is_the_default_and_its_fields_become_widgets(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class Flow:  # what a flow-matching section could look like
+        steps: int = 16
+        samples: int = 1
+        prior_strength: float = 0.5
+        weights_path: str | None = None
+        clamp: bool = True
+
+    monkeypatch.setattr(_widget, "METHODS", {"rl": "rl", "flow": "flow"})
+    assert _widget.default_method() == "flow"
+    monkeypatch.setattr(_fields, "method_section", lambda method: Flow)
+    options = MethodOptions("flow")
+    assert isinstance(options["steps"], SpinBox)
+    assert isinstance(options["samples"], SpinBox)
+    assert isinstance(options["prior_strength"], FloatSpinBox)
+    assert isinstance(options["weights_path"], FileEdit)
+    assert options["clamp"] in list(options.advanced)
+    options["samples"].value = 8
+    assert options.values() == {
+        "steps": 16,
+        "samples": 8,
+        "prior_strength": 0.5,
+        "weights_path": None,
+        "clamp": True,
+    }
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_adds_a_layer_that_lines_up_with_metadata(
+    wait_idle, viewer_widget, simulated, method, errors
+):
+    viewer, widget = viewer_widget
+    image = _load(viewer, simulated)
+    _fast(widget, method)
+    worker = widget.run()
+    assert worker is not None
+    wait_idle(widget)
+    if method == "flow" and "weights" in " ".join(errors):
+        pytest.skip(f"flow prior weights are not available here: {errors[0]}")
+    assert errors == []
+    layer = viewer.layers[f"cells deconvolved ({method})"]
+    assert layer.data.dtype == np.float32
+    assert layer.data.shape == image.data.shape
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    assert np.isfinite(layer.data).all() and layer.data.max() > 0
+    assert not np.allclose(layer.data, image.data)
+    low, high = layer.contrast_limits
+    assert low <= 0 < high <= layer.data.max()
+    meta = layer.metadata["deconflow"]
+    assert meta["settings"]["method"] == method
+    assert meta["provenance"]["settings"]["voxel_size_um"] == pytest.approx(list(SCALE))
+    assert "deconflow_version" in meta["provenance"]
+    assert widget.progress.value == widget.progress.max == widget.settings().solver.total_steps
+    assert widget.status.value.startswith("done")
+    std_name = f"cells deconvolved std ({method})"
+    if method == "flow":  # posterior samples give an uncertainty layer, hidden
+        assert not viewer.layers[std_name].visible
+        np.testing.assert_allclose(viewer.layers[std_name].scale, image.scale)
+    else:
+        assert std_name not in viewer.layers
+
+
+def test_rerun_replaces_the_layer_of_that_method(wait_idle, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    first = viewer.layers["cells deconvolved (rl)"]
+    before = first.data.copy()
+    widget.method_options["rl"]["iterations"].value = 3
+    widget.run()
+    wait_idle(widget)
+    assert [layer.name for layer in viewer.layers].count("cells deconvolved (rl)") == 1
+    assert len(viewer.layers) == 3
+    layer = viewer.layers["cells deconvolved (rl)"]
+    assert layer.metadata["deconflow"]["settings"]["rl"]["iterations"] == 3
+    assert not np.array_equal(layer.data, before)
+
+
+def test_cancel_stops_within_a_step_and_leaves_the_viewer_unchanged(
+    qtbot, wait_idle, viewer_widget, simulated
+):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)
+    widget.method.value = "rl"
+    widget.method_options["rl"]["iterations"].value = 5000  # minutes if it were not stopped
+    names = [layer.name for layer in viewer.layers]
+    worker = widget.run()
+    steps: list[int] = []
+    worker.yielded.connect(lambda event: steps.append(event.step))
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.progress.value >= 3, timeout=20_000)
+    widget.cancel_button.clicked.emit()
+    at_cancel = max(steps)
+    wait_idle(widget, timeout=10_000)
+    assert max(steps) <= at_cancel + 2  # the step in flight, and one queued event at most
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.status.value == "cancelled"
+    assert widget.progress.value < widget.progress.max
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_nan_psf_shows_an_error_notification_without_crashing(
+    wait_idle, viewer_widget, simulated, errors
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    bad = psf.copy()
+    bad[3, 4, 5] = np.nan
+    viewer.add_image(bad, name="nan psf", scale=SCALE)
+    widget.image.value = viewer.layers["cells"]
+    widget.psf_layer.value = viewer.layers["nan psf"]
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    assert len(errors) == 1 and "NaN" in errors[0]
+    assert len(viewer.layers) == 2
+    assert widget.status.value == "failed" and widget.run_button.enabled
+    # a form error (no PSF file chosen) is reported the same way, before any thread starts
+    widget.psf_source.value = "file"
+    assert widget.run() is None
+    assert len(errors) == 2 and "PSF" in errors[1]
+
+
+def test_preview_runs_on_a_region_around_the_current_slice(wait_idle, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    image = _load(viewer, simulated)
+    _fast(widget, "rl")
+    widget.show_advanced.value = True
+    widget.preview_planes.value = 4
+    widget.preview_size.value = 16
+    viewer.dims.set_point(0, TRANSLATE[0] + 10 * SCALE[0])  # plane 10
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (0.0, TRANSLATE[1] + 30 * SCALE[1], TRANSLATE[2] + 20 * SCALE[2])
+    widget.run(preview=True)
+    wait_idle(widget)
+    layer = viewer.layers["cells preview (rl)"]
+    assert layer.data.shape == (4, 16, 16)
+    start = np.array([8, 22, 12])  # centred on (10, 30, 20)
+    np.testing.assert_allclose(layer.translate, np.add(TRANSLATE, start * np.array(SCALE)))
+    np.testing.assert_allclose(layer.scale, image.scale)
+    assert "cells deconvolved (rl)" not in viewer.layers
+    z, y, x = start
+    crop = image.data[z : z + 4, y : y + 16, x : x + 16]
+    expected = deconflow.deconvolve(
+        crop, viewer.layers["bead psf"].data, voxel_size=SCALE, iterations=2
+    )
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-4, atol=1e-4 * expected.max())
+
+
+def test_multichannel_runs_per_channel_with_progress_over_all(wait_idle, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    small = measured[:8, :32, :32]
+    stack = np.stack([small, 2 * small[::-1]])  # CZYX
+    raw = viewer.add_image(stack, name="two channels", scale=(1.0, *SCALE))
+    viewer.add_image(np.stack([psf, psf]), name="psf per channel", scale=(1.0, *SCALE))
+    widget.image.value = raw
+    assert widget.axes.value == "CZYX"
+    assert widget.voxel.get(3) == pytest.approx(SCALE)
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    layer = viewer.layers["two channels deconvolved (rl)"]
+    assert layer.data.shape == stack.shape and layer.data.dtype == np.float32
+    np.testing.assert_allclose(layer.scale, raw.scale)
+    assert widget.progress.value == widget.progress.max == 2 * 2
+    assert layer.metadata["deconflow"]["provenance"]["axes"] == "CZYX"
+    assert len(layer.metadata["deconflow"]["provenance"]["backgrounds"]) == 2
+    expected = deconflow.deconvolve(stack[1], psf, voxel_size=SCALE, iterations=2)
+    np.testing.assert_allclose(layer.data[1], expected, rtol=1e-4, atol=1e-4 * expected.max())
+
+
+def test_psf_from_a_file_fills_its_voxel_size(wait_idle, viewer_widget, simulated, tmp_path):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    path = write_tiff(tmp_path / "bead.tif", psf, voxel_size_um=(0.1, 0.04, 0.04))
+    widget.psf_source.value = "file"
+    widget.psf_file.value = path
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04), rel=1e-4)
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    layer = viewer.layers["cells deconvolved (rl)"]
+    settings = layer.metadata["deconflow"]["settings"]
+    assert settings["psf_voxel_size_um"] == pytest.approx([0.1, 0.04, 0.04], rel=1e-4)
+
+
+def test_settings_round_trip_through_the_form(viewer_widget):
+    _, widget = viewer_widget
+    settings = deconflow.DeconvolutionSettings.from_options(
+        "rl-tv",
+        voxel_size=(0.3, 0.1, 0.1),
+        psf_voxel_size=(0.3, 0.1, 0.1),
+        iterations=7,
+        tv_weight=0.004,
+        background=5.0,
+    )
+    widget.set_settings(settings)
+    assert widget.settings() == settings
+    wiener = deconflow.DeconvolutionSettings.from_options("wiener", regularization=0.01)
+    widget.set_settings(wiener)
+    assert widget.settings().wiener.regularization == pytest.approx(0.01)
+    widget.method_options["wiener"]["regularization"].value = "auto"
+    assert widget.settings().wiener.regularization is None
+    assert isinstance(widget.method_options["wiener"]["regularization"], LineEdit)

@@ -1,0 +1,100 @@
+"""The structure generator: each type has the structure its name promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import measure
+
+from deconflow.priors import STRUCTURES, generate_volume, render_structure
+
+ISO = (0.1, 0.1, 0.1)
+
+
+def _mask(vol: np.ndarray, frac: float = 0.3) -> np.ndarray:
+    return vol > frac * vol.max()
+
+
+def _render(kind: str, shape=(40, 48, 48), vox=ISO, density=1.0, seed=0) -> np.ndarray:
+    vol = render_structure(kind, shape, vox, np.random.default_rng(seed), density)
+    assert vol.shape == shape and vol.dtype == np.float32
+    assert np.isfinite(vol).all() and vol.min() >= 0 and vol.max() > 0
+    return vol
+
+
+def test_filaments_are_long_and_thin():
+    labels = measure.label(_mask(_render("filaments", density=0.3, seed=1)))
+    biggest = max(measure.regionprops(labels), key=lambda r: r.area)
+    half_thickness = ndimage.distance_transform_edt(biggest.image).max()
+    assert biggest.axis_major_length > 20  # voxels: > 2 µm long
+    assert half_thickness <= 3  # but at most ~0.6 µm thick
+
+
+def test_network_has_many_thin_pieces():
+    vol = _render("network", density=2.0, seed=2)
+    labels = measure.label(_mask(vol))
+    assert labels.max() >= 8
+    assert _mask(vol).mean() < 0.1  # thin: mostly empty space
+
+
+def test_puncta_are_small_and_compact():
+    vol = _render("puncta", density=2.0, seed=3)
+    regions = measure.regionprops(measure.label(_mask(vol, 0.2)))
+    assert len(regions) >= 10
+    # a punctum is at most ~0.5 µm across: (5 voxels)^3
+    assert np.median([r.area for r in regions]) < 125
+
+
+def test_vesicles_are_hollow():
+    vol = _render("vesicles", shape=(48, 48, 48), density=1.0, seed=4)
+    regions = measure.regionprops(measure.label(_mask(vol, 0.2)), intensity_image=vol)
+    big = [r for r in regions if r.area > 100]
+    assert big
+    for r in big:  # the centre of a shell is its dark lumen, not its bright wall
+        centre = tuple(round(c) for c in r.centroid)
+        assert vol[centre] < 0.3 * r.intensity_mean, (centre, vol[centre], r.intensity_mean)
+
+
+def test_membranes_are_sheets_spanning_the_field():
+    vol = _render("membranes", density=1.0, seed=5)
+    mask = _mask(vol, 0.5)
+    biggest = max(measure.regionprops(measure.label(mask)), key=lambda r: r.area)
+    z0, y0, x0, z1, y1, x1 = biggest.bbox
+    spans = sorted([(z1 - z0) / 40, (y1 - y0) / 48, (x1 - x0) / 48])
+    assert spans[1] > 0.8  # extends across the field in at least two directions
+    assert mask.mean() < 0.3
+
+
+def test_nuclei_are_large_textured_bodies():
+    vol = _render("nuclei", shape=(32, 64, 64), vox=(0.3, 0.15, 0.15), seed=6)
+    mask = vol > 0.1 * np.percentile(vol, 99)  # chromocenters are much brighter than the rest
+    biggest = max(measure.regionprops(measure.label(mask)), key=lambda r: r.area)
+    assert biggest.area > 0.03 * vol.size
+    inside = vol[measure.label(mask) == biggest.label]
+    assert inside.std() / inside.mean() > 0.15  # chromatin texture, not a flat blob
+
+
+def test_anisotropic_voxels_shrink_structure_along_z():
+    iso = _render("vesicles", shape=(48, 48, 48), vox=ISO, seed=7)
+    aniso = _render("vesicles", shape=(48, 48, 48), vox=(0.4, 0.1, 0.1), seed=7)
+    # the same physical objects span ~4x fewer planes when the z step is 4x larger
+    z_iso = np.count_nonzero(_mask(iso).any(axis=(1, 2)))
+    z_aniso = np.count_nonzero(_mask(aniso).any(axis=(1, 2)))
+    assert z_aniso < z_iso
+
+
+def test_generate_volume_mixes_and_varies():
+    rng = np.random.default_rng(8)
+    vols = [generate_volume((8, 32, 32), (0.3, 0.1, 0.1), rng) for _ in range(6)]
+    peaks = [v.max() for v in vols]
+    assert all(np.isfinite(v).all() and v.min() >= 0 and v.dtype == np.float32 for v in vols)
+    assert max(peaks) / min(peaks) > 3  # brightness is randomised
+    one = generate_volume((8, 32, 32), (0.3, 0.1, 0.1), rng, structures=["puncta"])
+    assert one.shape == (8, 32, 32)
+
+
+def test_unknown_structure_is_refused():
+    with pytest.raises(ValueError, match="unknown structure"):
+        render_structure("mitochondria", (4, 8, 8), ISO, np.random.default_rng(0))
+    assert set(STRUCTURES) == {"filaments", "network", "puncta", "vesicles", "membranes", "nuclei"}

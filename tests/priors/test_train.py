@@ -1,0 +1,127 @@
+"""Training function, data sources, checkpoint/resume and the CLI registration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deconflow import DeconflowError
+from deconflow.io import write_tiff
+from deconflow.priors import load_prior
+from deconflow.priors._cli import main, register
+from deconflow.priors.data import FolderSource, GeneratorSource
+from deconflow.priors.train import TrainConfig, train_prior
+
+
+def _tiny_config(tmp_path, **kw) -> TrainConfig:
+    base = {
+        "out": tmp_path / "w.pt",
+        "steps": 3,
+        "batch": 1,
+        "patch": (4, 16, 16),
+        "channels": (4, 8, 8),
+        "plane_every": 2,
+        "threads": 1,
+        "checkpoint_every": 2,
+        "device": "cpu",
+        "command": "test",
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_weights_card_and_checkpoint(tmp_path):
+    path = train_prior(_tiny_config(tmp_path), progress=False)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["steps"] == 3 and card["command"] == "test"
+    assert card["loss_curve"][-1][0] == 3 and card["final_loss"] > 0
+    for key in ("flops_per_voxel", "software", "voxel_aspect", "data", "wall_time_s", "network"):
+        assert key in card
+    assert (tmp_path / "w.ckpt.pt").is_file()
+    assert load_prior(path).network.config.channels == (4, 8, 8)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train_prior(_tiny_config(tmp_path / "a", steps=4), progress=False)
+    train_prior(_tiny_config(tmp_path / "b", steps=2), progress=False)
+    resumed = train_prior(_tiny_config(tmp_path / "b", steps=4, resume=True), progress=False)
+    a, b = load_prior(straight).network.state_dict(), load_prior(resumed).network.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_generator_source_batches_are_normalised_with_aspects():
+    src = GeneratorSource(patch=(4, 16, 16), aspect_range=(2.0, 5.0))
+    batch = src.sample(3, np.random.default_rng(0))
+    assert batch.x1.shape == (3, 1, 4, 16, 16)
+    assert torch.all((batch.aspect >= 2.0) & (batch.aspect <= 5.0))
+    assert 0.3 < float(batch.x1.amax()) < 3.0
+    planes = src.sample(2, np.random.default_rng(0), plane=True)
+    assert planes.x1.shape == (2, 1, 16, 16) and torch.all(planes.aspect == 1.0)
+
+
+def test_folder_source_reads_tiffs_with_voxel_size(tmp_path):
+    rng = np.random.default_rng(0)
+    write_tiff(
+        tmp_path / "a.tif",
+        rng.random((6, 20, 24)).astype(np.float32),
+        voxel_size_um=(0.5, 0.1, 0.1),
+    )
+    (tmp_path / "sub").mkdir()
+    write_tiff(
+        tmp_path / "sub" / "b.tif",
+        rng.random((3, 12, 12)).astype(np.float32),
+        voxel_size_um=(0.2, 0.1, 0.1),
+    )
+    src = FolderSource(tmp_path, patch=(4, 16, 16))
+    assert sorted(src.aspects) == pytest.approx([2.0, 5.0])
+    batch = src.sample(4, rng)
+    assert batch.x1.shape == (4, 1, 4, 16, 16)
+    assert set(np.round(batch.aspect.numpy(), 3)) <= {2.0, 5.0}
+
+
+def test_folder_source_errors(tmp_path):
+    with pytest.raises(DeconflowError, match="not found"):
+        FolderSource(tmp_path / "missing")
+    with pytest.raises(DeconflowError, match=r"No \.tif"):
+        FolderSource(tmp_path)
+
+
+def test_cli_registers_train_and_runs(tmp_path):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--out", str(tmp_path / "x.pt"), "--steps", "5"])
+    assert callable(args.handler) and args.steps == 5 and args.verbose is False
+    out = tmp_path / "cli.pt"
+    code = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--patch",
+            "4",
+            "16",
+            "16",
+            "--plane-every",
+            "0",
+            "--threads",
+            "1",
+            "-q",
+        ]
+    )
+    assert code == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["command"].startswith("python -m deconflow.priors._cli train --out")
+
+
+def test_cli_reports_bad_data_folder(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "x.pt"), "--data", str(tmp_path / "none"), "-q"])
+    assert code == 2 and "not found" in capsys.readouterr().err

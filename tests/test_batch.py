@@ -1,0 +1,308 @@
+"""``deconflow batch`` run as a subprocess on small real and simulated stacks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import deconflow
+from deconflow.cli import main
+from deconflow.config import DeconvolutionSettings
+from deconflow.io import read_ome_description, read_tiff
+
+from .conftest import SAMPLE_DATA
+
+VOXEL = (0.3, 0.1, 0.1)
+PSF_VOXEL = (0.3, 0.1, 0.1)
+
+
+def gaussian_psf(sigma: float, shape: tuple[int, int, int] = (7, 9, 9)) -> np.ndarray:
+    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
+    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, (sigma, sigma, sigma))))
+    return (1000 * g / g.max() + 5).astype(np.uint16)
+
+
+def stack(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Poisson counts of a few bright blobs on a background: something to deconvolve."""
+    rng = np.random.default_rng(seed)
+    truth = np.full(shape, 3.0)
+    for _ in range(4):
+        index = tuple(rng.integers(0, n) for n in shape)
+        truth[index] += 400.0
+    return rng.poisson(truth).astype(np.uint16)
+
+
+def write_imagej(path: Path, data: np.ndarray, axes: str, voxel=VOXEL) -> Path:
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / voxel[-1], 1 / voxel[-2]),
+        metadata={"axes": axes, "spacing": voxel[0], "unit": "um"},
+    )
+    return path
+
+
+def write_ome(path: Path, data: np.ndarray, axes: str, voxel=VOXEL) -> Path:
+    # z in nanometres: the reader must convert units, not just copy numbers
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={
+            "axes": axes,
+            "PhysicalSizeZ": voxel[0] * 1000,
+            "PhysicalSizeZUnit": "nm",
+            "PhysicalSizeY": voxel[1],
+            "PhysicalSizeX": voxel[2],
+        },
+    )
+    return path
+
+
+def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``deconflow batch ARGS`` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "deconflow.cli", "batch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.fixture
+def psf_file(tmp_path: Path) -> Path:
+    return write_imagej(tmp_path / "bead.tif", gaussian_psf(1.2), "ZYX", PSF_VOXEL)
+
+
+def test_metadata_round_trip_for_every_layout(tmp_path, psf_file):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    inputs = {
+        "zyx.tif": write_imagej(data_dir / "zyx.tif", stack((8, 32, 32), 0), "ZYX"),
+        # ImageJ stores hyperstacks in TZCYX order
+        "czyx.tif": write_imagej(data_dir / "czyx.tif", stack((8, 2, 24, 24), 1), "ZCYX"),
+        "tzyx.tif": write_imagej(data_dir / "tzyx.tif", stack((2, 8, 24, 24), 2), "TZYX"),
+        "tczyx.tif": write_imagej(data_dir / "tczyx.tif", stack((2, 6, 2, 24, 24), 3), "TZCYX"),
+        "ome_tczyx.ome.tif": write_ome(
+            data_dir / "ome_tczyx.ome.tif", stack((2, 2, 6, 24, 24), 4), "TCZYX"
+        ),
+        "grid.tif": SAMPLE_DATA / "confocal_grid.tif",  # real confocal data, read in place
+    }
+    before = {name: sha256(path) for name, path in inputs.items()}
+    out = tmp_path / "out"
+    done = run_cli(
+        data_dir, inputs["grid.tif"], "--psf", psf_file, "--out", out, "--iterations", "2", "-q"
+    )
+    assert done.returncode == 0, done.stderr
+    assert {name: sha256(path) for name, path in inputs.items()} == before
+    psf_hash = sha256(psf_file)
+    for name, source in inputs.items():
+        stem = source.name.removesuffix(".tif").removesuffix(".ome")
+        output = out / f"{stem}_deconvolved.ome.tif"
+        raw, result = read_tiff(source), read_tiff(output)
+        assert result.axes == raw.axes, name
+        assert result.data.shape == raw.data.shape and result.data.dtype == np.float32
+        np.testing.assert_allclose(result.voxel_size_um, raw.voxel_size_um, rtol=1e-6)
+        assert np.isfinite(result.data).all() and result.data.max() > 0
+        record = json.loads((out / f"{stem}_deconvolved.json").read_text())
+        assert read_ome_description(output) == record
+        assert record["deconflow_version"] == deconflow.__version__
+        assert record["method"] == "rl" and record["settings"]["rl"]["iterations"] == 2
+        assert record["psf_files"] == [{"path": str(psf_file), "sha256": psf_hash}]
+        assert "weights_sha256" in record and record["weights_sha256"] is None
+        assert record["input"] == {
+            "path": str(source.resolve()),
+            "sha256": before[name],
+            "axes": raw.axes,
+            "shape": list(raw.data.shape),
+            "dtype": "uint16" if name != "grid.tif" else "uint8",
+            "voxel_size_um": list(raw.voxel_size_um),
+        }
+        assert record["device"] == "cpu" and record["finished_utc"] >= record["started_utc"]
+    # the PSF in the input folder would have been picked up had it not been excluded
+    assert "bead_deconvolved.ome.tif" not in files_in(out)
+    assert (out / "deconflow-batch.log").read_text().count(" done ") == len(inputs)
+
+
+def test_one_psf_per_channel(tmp_path):
+    psfs = [
+        write_imagej(tmp_path / "psf_c0.tif", gaussian_psf(1.0), "ZYX"),
+        write_imagej(tmp_path / "psf_c1.tif", gaussian_psf(2.0), "ZYX"),
+    ]
+    data = stack((2, 8, 24, 24), 5)
+    source = write_ome(tmp_path / "cells.ome.tif", data, "CZYX")
+    out = tmp_path / "out"
+    done = run_cli(source, "--psf", psfs[0], "--psf", psfs[1], "-o", out, "--iterations", "2")
+    assert done.returncode == 0, done.stderr
+    result = read_tiff(out / "cells_deconvolved.ome.tif").data
+    record = json.loads((out / "cells_deconvolved.json").read_text())
+    assert [p["path"] for p in record["psf_files"]] == [str(p) for p in psfs]
+    for channel in range(2):
+        own, other = (tifffile.imread(psfs[c]) for c in (channel, 1 - channel))
+        kwargs = {"iterations": 2, "voxel_size": VOXEL, "device": "cpu"}
+        expected = deconflow.deconvolve(data[channel], own, **kwargs)
+        np.testing.assert_allclose(result[channel], expected, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(
+            result[channel], deconflow.deconvolve(data[channel], other, **kwargs)
+        )
+
+
+def _start_and_stop(args: list[str], first_output: Path, how: signal.Signals) -> int:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deconflow.cli", "batch", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not first_output.exists():
+            assert process.poll() is None, f"batch ended early: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no output appeared within 90 s"
+            time.sleep(0.02)
+        os.kill(process.pid, how)
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_with_exactly_the_missing_outputs(tmp_path, psf_file, how):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    # a is quick and b takes seconds, so the kill lands inside b; c is never started
+    write_imagej(data_dir / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    write_imagej(data_dir / "b.tif", stack((16, 96, 96), 1), "ZYX")
+    write_imagej(data_dir / "c.tif", stack((8, 32, 32), 2), "ZYX")
+    before = {p.name: sha256(p) for p in data_dir.iterdir()}
+    out = tmp_path / "out"
+    args = [str(data_dir), "--psf", str(psf_file), "-o", str(out), "--iterations", "10", "-q"]
+    # a file is finished when its record, written after the TIFF, is in place
+    code = _start_and_stop(args, out / "a_deconvolved.json", how)
+    assert code == (-signal.SIGKILL if how == signal.SIGKILL else 130)
+    # nothing half-written under a final name: only a's output and record exist
+    finished = {"a_deconvolved.ome.tif", "a_deconvolved.json"}
+    assert {n for n in files_in(out) if not n.startswith(".")} == finished | {"deconflow-batch.log"}
+    stamps = {name: (out / name).stat().st_mtime_ns for name in finished}
+
+    done = run_cli(*args[:-1])
+    assert done.returncode == 0, done.stderr
+    assert {(out / name).stat().st_mtime_ns for name in finished} == set(stamps.values())
+    lines = {line.split()[-1]: line.split()[0] for line in done.stdout.splitlines()[2:5]}
+    assert lines == {
+        "a_deconvolved.ome.tif": "skipped",
+        "b_deconvolved.ome.tif": "done",
+        "c_deconvolved.ome.tif": "done",
+    }
+    expected = finished | {f"{s}_deconvolved{e}" for s in "bc" for e in (".ome.tif", ".json")}
+    assert files_in(out) == expected | {"deconflow-batch.log"}
+    assert {p.name: sha256(p) for p in data_dir.iterdir()} == before
+
+
+def test_rerun_restores_a_lost_record_and_removes_leftovers(tmp_path, psf_file):
+    source = write_imagej(tmp_path / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    out = tmp_path / "out"
+    args = [source, "--psf", psf_file, "-o", out, "--iterations", "2", "-q"]
+    assert run_cli(*args).returncode == 0
+    output, record = out / "a_deconvolved.ome.tif", out / "a_deconvolved.json"
+    stamp, text = output.stat().st_mtime_ns, record.read_text()
+    # what kill -9 between the TIFF's and the record's rename, or inside a write, leaves
+    record.unlink()
+    (out / ".a_deconvolved.ome.x1y2.partial.tif").write_bytes(b"half")
+    assert run_cli(*args).returncode == 0
+    assert output.stat().st_mtime_ns == stamp
+    assert json.loads(record.read_text()) == json.loads(text)
+    assert files_in(out) == {output.name, record.name, "deconflow-batch.log"}
+    # other settings: the finished output is not silently replaced
+    changed = run_cli(*args, "--method", "wiener")
+    assert changed.returncode == 3 and "--overwrite" in changed.stderr
+    assert run_cli(*args, "--method", "wiener", "--overwrite").returncode == 0
+    assert json.loads(record.read_text())["method"] == "wiener"
+
+
+def test_bad_files_are_reported_and_the_others_still_run(tmp_path, psf_file):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    good = write_imagej(data_dir / "b_good.tif", stack((8, 32, 32), 0), "ZYX")
+    truncated = data_dir / "a_truncated.tif"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    (data_dir / "c_garbage.tif").write_bytes(b"II*\x00garbage")
+    # a 4D array without axis metadata: deconflow cannot know which axis is which
+    tifffile.imwrite(data_dir / "d_4d.tif", stack((2, 3, 16, 16), 1), photometric="minisblack")
+    write_imagej(data_dir / "e_2d.tif", stack((32, 32), 2), "YX")  # 2D against a 3D PSF
+    before = {p.name: sha256(p) for p in data_dir.iterdir()}
+    out = tmp_path / "out"
+    done = run_cli(data_dir, "--psf", psf_file, "-o", out, "--iterations", "2")
+    assert done.returncode == 3, done.stderr
+    status = {line.split()[3]: line.split()[0] for line in done.stdout.splitlines()[2:7]}
+    assert status == {
+        "a_truncated.tif": "failed",
+        "b_good.tif": "done",
+        "c_garbage.tif": "failed",
+        "d_4d.tif": "failed",
+        "e_2d.tif": "failed",
+    }
+    assert "5 files: 1 done, 0 skipped, 4 failed" in done.stdout
+    assert "Unsupported axes" in done.stdout or "axes 'ZQYX'" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert files_in(out) == {
+        "b_good_deconvolved.ome.tif",
+        "b_good_deconvolved.json",
+        "deconflow-batch.log",
+    }
+    assert {p.name: sha256(p) for p in data_dir.iterdir()} == before
+    log = (out / "deconflow-batch.log").read_text()
+    assert log.count("ERROR failed") == 4
+
+
+def test_write_config_prints_commented_defaults_that_parse_back(capsys):
+    assert main(["batch", "--write-config"]) == 0
+    text = capsys.readouterr().out
+    assert DeconvolutionSettings.from_yaml(text) == DeconvolutionSettings()
+    assert "# Biggs" in text and "iterations: 20" in text
+    assert main(["batch", "--write-config", "--method", "wiener", "--iterations", "4"]) == 0
+    settings = DeconvolutionSettings.from_yaml(capsys.readouterr().out)
+    assert settings.method == "wiener" and settings.wiener.iterations == 4
+
+
+def test_config_file_and_argument_errors(tmp_path, psf_file, capsys):
+    config = tmp_path / "s.yaml"
+    config.write_text("method: rl-tv\nrl_tv:\n  iterations: 2\n")
+    source = write_imagej(tmp_path / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    out = tmp_path / "out"
+    base = ["batch", str(source), "--psf", str(psf_file), "-o", str(out)]
+    assert main([*base, "--config", str(config), "-q"]) == 0
+    record = json.loads((out / "a_deconvolved.json").read_text())
+    assert record["method"] == "rl-tv" and record["settings"]["rl_tv"]["iterations"] == 2
+    capsys.readouterr()
+    for args, fragment in [
+        (["batch", str(source)], "needs --psf, --out"),
+        (["batch", str(tmp_path / "nope*.tif"), *base[2:]], "matches no files"),
+        ([*base, "--workers", "2", "--scheduler", "tcp://x:1"], "not both"),
+        ([*base, "--voxel-size", "1", "2", "3", "4"], "--voxel-size takes"),
+        ([*base, "--config", str(tmp_path / "none.yaml")], "--write-config"),
+    ]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1, err

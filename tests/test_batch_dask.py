@@ -1,0 +1,145 @@
+"""``deconflow batch`` on a Dask LocalCluster and on a scheduler + worker started here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deconflow.batch.task import _worker_gpu
+from deconflow.config import DeconvolutionSettings
+from deconflow.io import read_tiff
+
+from .test_batch import files_in, gaussian_psf, run_cli, sha256, stack, write_imagej, write_ome
+
+
+@pytest.fixture(scope="module")
+def batch_inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Three small stacks, a PSF, and their serial outputs (the reference)."""
+    root = tmp_path_factory.mktemp("dask")
+    data = root / "data"
+    data.mkdir()
+    write_imagej(data / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    write_imagej(data / "b.tif", stack((8, 2, 24, 24), 1), "ZCYX")
+    write_ome(data / "c.ome.tif", stack((2, 6, 24, 24), 2), "TZYX")
+    psf = write_imagej(root / "bead.tif", gaussian_psf(1.2), "ZYX")
+    serial = root / "serial"
+    done = run_cli(data, "--psf", psf, "-o", serial, "--iterations", "2", "-q")
+    assert done.returncode == 0, done.stderr
+    return data, psf, serial
+
+
+def assert_same_outputs(reference: Path, other: Path) -> None:
+    names = {n for n in files_in(reference) if n.endswith(".ome.tif")}
+    assert names == {n for n in files_in(other) if n.endswith(".ome.tif")} and len(names) == 3
+    for name in names:
+        a, b = read_tiff(reference / name), read_tiff(other / name)
+        assert a.axes == b.axes and a.voxel_size_um == b.voxel_size_um
+        # worker processes run torch on one thread: sums may differ in the last bits
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-5)
+        record_a = json.loads((reference / name.replace(".ome.tif", ".json")).read_text())
+        record_b = json.loads((other / name.replace(".ome.tif", ".json")).read_text())
+        assert record_a["settings"] == record_b["settings"]
+        assert record_a["resume_key"] == record_b["resume_key"]
+
+
+def test_workers_on_a_local_cluster_match_serial(batch_inputs, tmp_path):
+    data, psf, serial = batch_inputs
+    before = {p.name: sha256(p) for p in data.iterdir()}
+    out = tmp_path / "parallel"
+    done = run_cli(data, "--psf", psf, "-o", out, "--iterations", "2", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "3 files: 3 done" in done.stdout
+    assert "LocalCluster with 2 workers" in (out / "deconflow-batch.log").read_text()
+    assert_same_outputs(serial, out)
+    assert {p.name: sha256(p) for p in data.iterdir()} == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the Dask scheduler exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the Dask scheduler did not listen on {port} within {timeout} s")
+
+
+def test_scheduler_address_runs_on_an_existing_cluster(batch_inputs, tmp_path):
+    from distributed import Client
+
+    data, psf, serial = batch_inputs
+    dask = shutil.which("dask")
+    assert dask is not None, "the dask command (distributed) is not installed"
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(
+            subprocess.Popen(
+                [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        _wait_for_port(port, processes[0], timeout=60)
+        worker_command = [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1"]
+        worker_command += ["--nworkers", "1", "--no-dashboard", "--name", "lab-node-0"]
+        processes.append(
+            subprocess.Popen(
+                worker_command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+        out = tmp_path / "cluster"
+        done = run_cli(data, "--psf", psf, "-o", out, "--iterations", "2", "--scheduler", address)
+        assert done.returncode == 0, done.stderr
+        assert "3 files: 3 done" in done.stdout
+        assert_same_outputs(serial, out)
+        with Client(address, timeout="30s") as client:
+            prefixes = client.run_on_scheduler(
+                lambda dask_scheduler: sorted(dask_scheduler.task_prefixes)
+            )
+        assert "process_file_on_worker" in prefixes  # the files ran on the cluster's worker
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_workers_spread_over_gpus(monkeypatch):
+    import torch
+
+    auto = DeconvolutionSettings()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _worker_gpu(auto, 1).device == "auto"  # one GPU: nothing to spread
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [_worker_gpu(auto, name).device for name in (0, 1, 2, "lab-node-3")] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:0",
+        "cuda:1",
+    ]
+    pinned = DeconvolutionSettings(device="cpu")
+    assert _worker_gpu(pinned, 1).device == "cpu"  # an explicit device is respected
