@@ -162,7 +162,7 @@ def test_run_a_hyperstack_keeps_axes_and_voxel_size(tmp_path):
 
 def test_another_module_can_register_a_subcommand(monkeypatch, capsys):
     def register(subparsers):
-        train = subparsers.add_parser("train", help="train a prior")
+        train = subparsers.add_parser("fake-train", help="train a fake prior")
         train.add_argument("--epochs", type=int, default=1)
         train.set_defaults(handler=lambda args: print(f"trained {args.epochs}") or 0)
 
@@ -170,5 +170,5 @@ def test_another_module_can_register_a_subcommand(monkeypatch, capsys):
     module.register = register
     monkeypatch.setitem(sys.modules, "fake_train_cli", module)
     monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "fake_train_cli"))
-    assert main(["train", "--epochs", "3"]) == 0
+    assert main(["fake-train", "--epochs", "3"]) == 0
     assert capsys.readouterr().out == "trained 3\n"

@@ -100,11 +100,11 @@ def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monk
     def flaky_factory(*args, **kwargs):
         solve = real(*args, **kwargs)
 
-        def flaky(block, tile, tiles):
+        def flaky(block, index, tile, tiles):
             calls["n"] += 1
             if calls["n"] == 1:
                 raise torch.cuda.OutOfMemoryError("simulated")
-            return (yield from solve(block, tile, tiles))
+            return (yield from solve(block, index, tile, tiles))
 
         return flaky
 
@@ -118,7 +118,7 @@ def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monk
     assert result.image.shape == image.shape
 
     def always_factory(*args, **kwargs):
-        def always(block, tile, tiles):
+        def always(block, index, tile, tiles):
             raise torch.cuda.OutOfMemoryError("simulated")
             yield  # pragma: no cover - makes this a generator
 

@@ -29,8 +29,11 @@ class BlockOutput:
     residual: np.ndarray | None = None
 
 
-#: Deconvolves one block: ``(block, tile, tiles)`` -> progress events, then a BlockOutput.
-BlockSolver = Callable[[np.ndarray, int, int], Generator[Progress, None, BlockOutput]]
+#: Deconvolves one block: ``(block, index, tile, tiles)`` -> progress, then a BlockOutput;
+#: ``index`` is the block's slices in the whole stack.
+BlockSolver = Callable[
+    [np.ndarray, tuple[slice, ...], int, int], Generator[Progress, None, BlockOutput]
+]
 
 
 def classical_block_solver(
@@ -42,7 +45,9 @@ def classical_block_solver(
 ) -> BlockSolver:
     """Block solver for the RL / RL-TV / Wiener methods."""
 
-    def solve(block: np.ndarray, tile: int, tiles: int) -> Generator[Progress, None, BlockOutput]:
+    def solve(
+        block: np.ndarray, index: tuple[slice, ...], tile: int, tiles: int
+    ) -> Generator[Progress, None, BlockOutput]:
         operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
         y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
         total = solver.total_steps
@@ -96,13 +101,13 @@ def _run_once(
 ) -> Generator[Progress, None, BlockOutput]:
     if plan.count == 1:
         yield Progress("operator", 0, 1, "building the forward model")
-        return (yield from solve(data, 0, 1))
+        return (yield from solve(data, plan.tiles[0], 0, 1))
     outputs = []
     for number, tile in enumerate(plan.tiles):
         yield Progress(
             "operator", 0, 1, f"tile {number + 1}/{plan.count}", tile=number, tiles=plan.count
         )
-        outputs.append((yield from solve(data[tile], number, plan.count)))
+        outputs.append((yield from solve(data[tile], tile, number, plan.count)))
     return _blend(plan, data.shape, outputs)
 
 

@@ -25,6 +25,7 @@ class FlowContext:
     """What every block of a flow run shares (fitted once on the whole stack)."""
 
     prior: FlowPrior
+    first_estimate: np.ndarray
     normalization: Normalization
     noise: CameraNoise
     settings: FlowDeconvolution
@@ -57,7 +58,11 @@ def make_flow_context(
     if voxel_size_um is not None:
         prior = prior.for_voxel_size(voxel_size_um)
     return FlowContext(
-        prior=prior, normalization=fit_normalization(first_estimate), noise=noise, settings=settings
+        prior=prior,
+        first_estimate=first_estimate,
+        normalization=fit_normalization(first_estimate),
+        noise=noise,
+        settings=settings,
     )
 
 
@@ -76,12 +81,18 @@ def flow_block_solver(
     sampler = settings.build_sampler()
     norm = context.normalization
 
-    def solve(block: np.ndarray, tile: int, tiles: int) -> Generator[Progress, None, BlockOutput]:
+    def solve(
+        block: np.ndarray, index: tuple[slice, ...], tile: int, tiles: int
+    ) -> Generator[Progress, None, BlockOutput]:
         operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
         weights = torch.from_numpy(_weights(block, context.noise)).to(device)
         # x = scale u + offset and H 1 = 1 inside the window, so y - b - offset = scale H u
         data = torch.from_numpy(np.ascontiguousarray(block - background - norm.offset)).to(device)
         model = MeasurementModel(operator, data, weights, norm.scale)
+        initial = None
+        if settings.t_start > 0:
+            first = torch.from_numpy(np.ascontiguousarray(context.first_estimate[index]))
+            initial = operator.extend_image(norm.apply(first).to(device))
         samples = []
         object_sum = torch.zeros(operator.object_shape, device=device)
         total = settings.total_steps
@@ -91,7 +102,7 @@ def flow_block_solver(
             generator = torch.Generator(device=device).manual_seed(base_seed + 7919 * k)
             u: torch.Tensor | None = None
             for step, estimate in enumerate(
-                sampler.iterate(model, context.prior, generator), start=1
+                sampler.iterate(model, context.prior, generator, initial), start=1
             ):
                 u = estimate
                 done = k * settings.steps + step

@@ -33,7 +33,11 @@ __all__ = [
 ]
 
 #: Modules whose ``register(subparsers)`` adds subcommands, in ``--help`` order.
-COMMAND_MODULES: tuple[str, ...] = ("deconflow.cli", "deconflow.batch.command")
+COMMAND_MODULES: tuple[str, ...] = (
+    "deconflow.cli",
+    "deconflow.batch.command",
+    "deconflow.priors._cli",
+)
 
 _EXIT_OK = 0
 _EXIT_UNEXPECTED = 1
@@ -43,7 +47,9 @@ _EXIT_BAD_INPUT = 2
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the settings flags (overriding ``--config``) and verbosity flags of every command."""
     parser.add_argument(
-        "--method", default=None, help="rl (default), rl-tv or wiener; overrides --config"
+        "--method",
+        default=None,
+        help="flow, rl, rl-tv or wiener (default: the settings' method); overrides --config",
     )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--iterations", type=int, default=None, help="solver iterations")

@@ -6,10 +6,9 @@ import os
 import re
 from pathlib import Path
 
+import napari
 import numpy as np
 import pytest
-
-import napari
 
 pytestmark = pytest.mark.gui
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -31,7 +32,6 @@ from napari.layers import Image
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
-import napari
 from deconflow._errors import DeconflowError
 from deconflow._napari._fields import MethodOptions, method_label
 from deconflow._napari._jobs import (

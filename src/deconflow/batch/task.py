@@ -82,6 +82,16 @@ class FileOutcome:
     detail: str = ""
 
 
+def weights_sha256(settings: DeconvolutionSettings) -> str | None:
+    """SHA-256 of the prior weights a flow run uses (``None`` for the classical methods)."""
+    if settings.method != "flow":
+        return None
+    from deconflow.priors.weights import default_weights_path
+
+    path = Path(settings.flow.weights) if settings.flow.weights else default_weights_path()
+    return sha256_file(path) if path.is_file() else None
+
+
 def resume_key(job: FileJob, input_sha256: str, psf_sha256: list[str]) -> str:
     """Hash of everything that determines an output: requested settings, input and PSF bytes.
 
@@ -97,7 +107,7 @@ def resume_key(job: FileJob, input_sha256: str, psf_sha256: list[str]) -> str:
         "psf_voxel_size_um": job.psf_voxel_size_um,
         "input_sha256": input_sha256,
         "psf_sha256": psf_sha256,
-        "weights_sha256": None,
+        "weights_sha256": weights_sha256(job.settings),
     }
     text = json.dumps(payload, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -180,7 +190,7 @@ def _deconvolve(
         "deconflow_version": __version__,
         "method": settings.method,
         "settings": settings.to_dict(),
-        "weights_sha256": None,  # no method has learned weights yet
+        "weights_sha256": weights_sha256(settings),
         "input": {
             "path": str(source),
             "sha256": input_sha256,

@@ -6,6 +6,7 @@ Also runnable alone: ``python -m deconflow.priors._cli train --out my.pt ...``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         note=args.note,
     )
     path = train_prior(config, progress=not args.quiet)
-    print(path)
+    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    print(
+        f"{path}: {card['steps']} steps, final loss {card['final_loss']}, "
+        f"{card['flops_per_voxel'] / 1e3:.1f} kFLOP/voxel per evaluation, "
+        f"{card['wall_time_s'] / 60:.1f} min"
+    )
     return 0
 
 

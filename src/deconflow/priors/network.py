@@ -1,10 +1,11 @@
 """The velocity network: a small fully-convolutional 3D U-Net with time and voxel-aspect input.
 
 Full 3×3×3 convolutions, not pseudo-3D (1×3×3 then 3×1×1): on the 2-core CPU this
-package targets, oneDNN runs a full 3D convolution at ~175 GFLOP/s but the factorised
-pair at 77 and 28 GFLOP/s, so the factorised layer, with 2.25× fewer FLOPs, took *longer*
-(30 ms against 21 ms for 16 channels on 4×16×64×64). Equal wall time buys more capacity
-in full 3D. See ``docs/prior.md``.
+package targets, oneDNN runs the full 3D convolution 1.5–2× more efficiently per FLOP than
+the factorised pair, so the pair's 2.25× fewer FLOPs saved only 0–35 % of the wall time
+per layer. Within the FLOP budget a pseudo-3D net could be 1.5× wider but would run ~1.5×
+slower; at equal wall time it would gain ~20 % width and lose oblique 3D kernels. See
+``docs/prior.md``.
 """
 
 from __future__ import annotations
