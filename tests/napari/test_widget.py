@@ -11,7 +11,7 @@ from magicgui.widgets import FileEdit, FloatSpinBox, LineEdit, SpinBox
 import deconflow
 from deconflow._napari import _fields, _widget
 from deconflow._napari._fields import MethodOptions, method_section
-from deconflow.config import METHODS
+from deconflow.config import METHODS, DeconvolutionSettings
 from deconflow.io import write_tiff
 
 pytestmark = pytest.mark.gui
@@ -43,7 +43,7 @@ def test_widget_comes_from_the_manifest_with_methods_and_options_from_settings(
     viewer, widget = viewer_widget
     assert isinstance(widget, _widget.DeconvolutionWidget)
     assert list(widget.method.choices) == list(METHODS)
-    assert widget.method.value == ("flow" if "flow" in METHODS else "rl")
+    assert widget.method.value == DeconvolutionSettings().method
     for method in METHODS:
         fields = {f.name for f in dataclasses.fields(method_section(method)) if f.init}
         assert set(widget.method_options[method].widgets) == fields
@@ -63,7 +63,7 @@ def test_widget_comes_from_the_manifest_with_methods_and_options_from_settings(
     assert widget.method_options["rl-tv"].advanced.native.isHidden()
 
 
-def test_flow_is_the_default_and_its_fields_become_widgets(monkeypatch):
+def test_the_settings_default_is_the_widget_default_and_flow_fields_become_widgets(monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class Flow:  # what a flow-matching section could look like
         steps: int = 16
@@ -73,7 +73,7 @@ def test_flow_is_the_default_and_its_fields_become_widgets(monkeypatch):
         clamp: bool = True
 
     monkeypatch.setattr(_widget, "METHODS", {"rl": "rl", "flow": "flow"})
-    assert _widget.default_method() == "flow"
+    assert _widget.default_method() == DeconvolutionSettings().method
     monkeypatch.setattr(_fields, "method_section", lambda method: Flow)
     options = MethodOptions("flow")
     assert isinstance(options["steps"], SpinBox)
@@ -101,8 +101,6 @@ def test_each_method_adds_a_layer_that_lines_up_with_metadata(
     worker = widget.run()
     assert worker is not None
     wait_idle(widget)
-    if method == "flow" and "weights" in " ".join(errors):
-        pytest.skip(f"flow prior weights are not available here: {errors[0]}")
     assert errors == []
     layer = viewer.layers[f"cells deconvolved ({method})"]
     assert layer.data.dtype == np.float32

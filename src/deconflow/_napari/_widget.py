@@ -49,14 +49,13 @@ from deconflow.pipeline import Progress, Result
 
 __all__ = ["DeconvolutionWidget", "default_method"]
 
-#: Preferred default methods, best first; the first one that exists is chosen.
-_DEFAULT_METHODS = ("flow", "rl")
 _DEVICES = ("auto", "cpu", "cuda")
 
 
 def default_method() -> str:
-    """Return the method the widget starts with: flow when it exists, else Richardson–Lucy."""
-    return next((m for m in _DEFAULT_METHODS if m in METHODS), next(iter(METHODS)))
+    """Return the method the widget starts with: the settings' default (one source of truth)."""
+    method = DeconvolutionSettings().method
+    return method if method in METHODS else next(iter(METHODS))
 
 
 class _VoxelEdit(Container):
