@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
-__all__ = ["multiplicative_iterations"]
+__all__ = ["RunToEnd", "multiplicative_iterations"]
 
 #: Biggs–Andrews extrapolation is capped below 1 so a run of similar steps cannot diverge.
 _MAX_ACCELERATION = 0.95
@@ -65,3 +66,22 @@ def multiplicative_iterations(
             x_prev = x
         x = x_new
         yield x
+
+
+class RunToEnd:
+    """Mixin for solvers with ``iterate(y, operator, background)``: calling runs it to the end."""
+
+    def iterate(
+        self, y: torch.Tensor, operator: Any, background: float = 0.0
+    ) -> Iterator[torch.Tensor]:
+        """Yield successive estimates (implemented by each solver)."""
+        raise NotImplementedError
+
+    def __call__(self, y: torch.Tensor, operator: Any, background: float = 0.0) -> torch.Tensor:
+        """Run all iterations and return the final object-domain estimate."""
+        last: torch.Tensor | None = None
+        for last in self.iterate(y, operator, background):  # noqa: B007 - keep the last
+            pass
+        if last is None:  # every solver yields at least once
+            raise RuntimeError(f"{type(self).__name__} produced no estimate")
+        return last

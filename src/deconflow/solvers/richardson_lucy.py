@@ -9,7 +9,7 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
-from deconflow.solvers._iterations import multiplicative_iterations
+from deconflow.solvers._iterations import RunToEnd, multiplicative_iterations
 
 __all__ = ["RichardsonLucy", "richardson_lucy_setup", "rl_update"]
 
@@ -47,7 +47,7 @@ def richardson_lucy_setup(
 
 
 @dataclass(frozen=True)
-class RichardsonLucy:
+class RichardsonLucy(RunToEnd):
     """Richardson–Lucy (maximum-likelihood EM for Poisson data) with a background term.
 
     Model: ``y ~ Poisson(H x + b)`` with ``b`` the constant background (camera
@@ -101,15 +101,6 @@ class RichardsonLucy:
             self.iterations,
             accelerate=self.accelerate,
         )
-
-    def __call__(
-        self, y: torch.Tensor, operator: ConvolutionOperator, background: float = 0.0
-    ) -> torch.Tensor:
-        """Run all iterations and return the final object-domain estimate."""
-        x = y
-        for x in self.iterate(y, operator, background):  # noqa: B007 - keep the last
-            pass
-        return x
 
 
 def rl_update(

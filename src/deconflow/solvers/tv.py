@@ -9,7 +9,7 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
-from deconflow.solvers._iterations import multiplicative_iterations
+from deconflow.solvers._iterations import RunToEnd, multiplicative_iterations
 from deconflow.solvers.richardson_lucy import richardson_lucy_setup, rl_update
 
 __all__ = ["RichardsonLucyTV", "tv_divergence"]
@@ -54,7 +54,7 @@ def tv_divergence(x: torch.Tensor, spacing: tuple[float, ...], epsilon: float) -
 
 
 @dataclass(frozen=True)
-class RichardsonLucyTV:
+class RichardsonLucyTV(RunToEnd):
     """Richardson–Lucy with a total-variation prior, for noisy stacks.
 
     Update: ``x <- x / (H^T 1 - tv_weight * div(grad x / |grad x|)) * H^T(y / (H x + b))``.
@@ -125,12 +125,3 @@ class RichardsonLucyTV:
             normaliser=normaliser if tv_weight > 0 else None,
         )
         yield from multiplicative_iterations(step, x0, self.iterations, accelerate=self.accelerate)
-
-    def __call__(
-        self, y: torch.Tensor, operator: ConvolutionOperator, background: float = 0.0
-    ) -> torch.Tensor:
-        """Run all iterations and return the final object-domain estimate."""
-        x = y
-        for x in self.iterate(y, operator, background):  # noqa: B007 - keep the last
-            pass
-        return x

@@ -10,6 +10,7 @@ import torch
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
 from deconflow.physics.noise import estimate_noise_sigma
+from deconflow.solvers._iterations import RunToEnd
 
 __all__ = ["Wiener", "fourier_tikhonov_inverse", "noise_to_signal_regularization"]
 
@@ -75,7 +76,7 @@ def noise_to_signal_regularization(data: torch.Tensor, noise_sigma: float) -> fl
 
 
 @dataclass(frozen=True)
-class Wiener:
+class Wiener(RunToEnd):
     """Wiener–Tikhonov: ``argmin ||H x + b - y||^2 + lambda ||grad x||^2``, then clipped at 0.
 
     The penalty is on the gradient, not on the intensities, so the total flux
@@ -167,12 +168,3 @@ class Wiener:
             p = z + (rz_new / rz) * p if rz > 0 else z
             rz = rz_new
             yield finish(x)
-
-    def __call__(
-        self, y: torch.Tensor, operator: ConvolutionOperator, background: float = 0.0
-    ) -> torch.Tensor:
-        """Run all iterations and return the final object-domain estimate."""
-        x = y
-        for x in self.iterate(y, operator, background):  # noqa: B007 - keep the last
-            pass
-        return x
