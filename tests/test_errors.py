@@ -5,6 +5,7 @@ that the message reaches the user as one line or a notification.)
 """
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +73,21 @@ BAD_CALLS = [
     ("tiny tiles", IMAGE, PSF, {"tile_shape": (2, 2, 2)}, "tile_shape"),
     ("zero memory budget", IMAGE, PSF, {"memory_budget_gb": 0.0}, "memory_budget_gb"),
     ("unknown device", IMAGE, PSF, {"device": "gpu0"}, "device"),
+    (
+        "missing weights file",
+        IMAGE,
+        PSF,
+        {"method": "flow", "weights": "/nonexistent/w.pt"},
+        "not found",
+    ),
+    (
+        "weights file of another kind",
+        IMAGE,
+        PSF,
+        {"method": "flow", "weights": str(Path(__file__))},
+        "truncated, corrupt or not a torch",
+    ),
+    ("unknown flow sampler", IMAGE, PSF, {"method": "flow", "sampler": "ddim"}, "sampler"),
 ]
 
 

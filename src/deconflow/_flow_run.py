@@ -17,7 +17,7 @@ from deconflow.priors.normalization import Normalization, fit_normalization
 from deconflow.priors.weights import load_prior
 from deconflow.solvers.flow import FlowDeconvolution, MeasurementModel
 
-__all__ = ["FlowContext", "flow_block_solver", "make_flow_context"]
+__all__ = ["FlowContext", "flow_block_solver", "load_flow_prior", "make_flow_context"]
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,21 @@ class FlowContext:
     settings: FlowDeconvolution
 
 
+def load_flow_prior(
+    settings: FlowDeconvolution, voxel_size_um: tuple[float, ...] | None, device: torch.device
+) -> FlowPrior:
+    """Load the prior (before any heavy work, so a bad weights file fails at once)."""
+    prior = load_prior(settings.weights, device=device)
+    return prior.for_voxel_size(voxel_size_um) if voxel_size_um is not None else prior
+
+
 def make_flow_context(
     data: np.ndarray,
     first_estimate: np.ndarray,
     settings: FlowDeconvolution,
-    voxel_size_um: tuple[float, ...] | None,
-    device: torch.device,
+    prior: FlowPrior,
 ) -> FlowContext:
-    """Calibrate the camera noise, fit the prior's normalisation and load the prior.
+    """Calibrate the camera noise and fit the prior's normalisation.
 
     The normalisation is fitted on a first object estimate (a few RL
     iterations), not on the blurred stack: blur lowers peaks, and the prior
@@ -54,9 +61,6 @@ def make_flow_context(
             settings.read_sigma if settings.read_sigma is not None else estimated.read_sigma
         ),  # type: ignore[union-attr]
     )
-    prior = load_prior(settings.weights, device=device)
-    if voxel_size_um is not None:
-        prior = prior.for_voxel_size(voxel_size_um)
     return FlowContext(
         prior=prior,
         first_estimate=first_estimate,

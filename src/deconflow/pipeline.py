@@ -20,7 +20,7 @@ import torch
 from deconflow._device import resolve_device
 from deconflow._errors import DeconflowError
 from deconflow._execute import BlockOutput, classical_block_solver, run_plan
-from deconflow._flow_run import flow_block_solver, make_flow_context
+from deconflow._flow_run import flow_block_solver, load_flow_prior, make_flow_context
 from deconflow._progress import Progress, Stage
 from deconflow._types import VoxelSize
 from deconflow._validate import as_float_image, check_voxel_size
@@ -209,6 +209,7 @@ def iter_deconvolve(
         notes.append(_tiling_note(plan, data.shape, psf_shape, settings, budget))
     if isinstance(settings.solver, FlowDeconvolution):
         # a few RL iterations give the object-scale estimate the prior is normalised on
+        prior = load_flow_prior(settings.solver, image_voxel, device)
         first = RichardsonLucy(iterations=_FIRST_ESTIMATE_ITERATIONS)
         estimate = yield from _relabel(
             run_plan(
@@ -222,7 +223,7 @@ def iter_deconvolve(
             ),
             "estimate",
         )
-        context = make_flow_context(data, estimate.mean, settings.solver, image_voxel, device)
+        context = make_flow_context(data, estimate.mean, settings.solver, prior)
         notes.append(
             f"camera noise: gain {context.noise.gain:.3g} ADU/photon, offset "
             f"{context.noise.offset:.4g} ADU, read noise {context.noise.read_sigma:.3g} ADU"
