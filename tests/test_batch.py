@@ -191,9 +191,10 @@ def _start_and_stop(args: list[str], first_output: Path, how: signal.Signals) ->
 def test_killed_run_resumes_with_exactly_the_missing_outputs(tmp_path, psf_file, how):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    # a is quick and b takes seconds, so the kill lands inside b; c is never started
+    # a is quick and b takes seconds (even on an idle machine: a loaded one may poll late),
+    # so the kill lands inside b; c is never started
     write_imagej(data_dir / "a.tif", stack((8, 32, 32), 0), "ZYX")
-    write_imagej(data_dir / "b.tif", stack((16, 96, 96), 1), "ZYX")
+    write_imagej(data_dir / "b.tif", stack((32, 256, 256), 1), "ZYX")
     write_imagej(data_dir / "c.tif", stack((8, 32, 32), 2), "ZYX")
     before = {p.name: sha256(p) for p in data_dir.iterdir()}
     out = tmp_path / "out"
