@@ -121,16 +121,10 @@ def _run_one(job: Any, quiet: bool) -> Any:
 
 
 def _job(args: argparse.Namespace, image: Path, psf: Path, output: Path, overwrite: bool) -> Any:
-    from deconflow.batch.settings import build_settings
+    from deconflow.batch.settings import settings_from_args
     from deconflow.batch.task import FileJob
 
-    settings = build_settings(
-        args.config,
-        method=args.method,
-        device=args.device,
-        iterations=args.iterations,
-        background=args.background,
-    )
+    settings = settings_from_args(args)
     return FileJob(
         str(image.resolve()),
         str(output.resolve()),

@@ -97,17 +97,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from deconflow._version import __version__
     from deconflow.batch.files import expand_inputs, remove_partials
     from deconflow.batch.runner import close_log, format_summary, open_log, run_jobs
-    from deconflow.batch.settings import build_settings, commented_yaml
+    from deconflow.batch.settings import commented_yaml, settings_from_args
     from deconflow.batch.task import FileJob
     from deconflow.cli import check_voxel_argument
 
-    settings = build_settings(
-        args.config,
-        method=args.method,
-        device=args.device,
-        iterations=args.iterations,
-        background=args.background,
-    )
+    settings = settings_from_args(args)
     if args.write_config:
         sys.stdout.write(commented_yaml(settings))
         return 0

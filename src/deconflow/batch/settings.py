@@ -7,6 +7,7 @@ Everything here is derived from :class:`deconflow.config.DeconvolutionSettings`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import re
@@ -19,7 +20,18 @@ from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
 from deconflow.config import METHODS, DeconvolutionSettings
 
-__all__ = ["build_settings", "commented_yaml", "resolve_voxel_sizes"]
+__all__ = ["build_settings", "commented_yaml", "resolve_voxel_sizes", "settings_from_args"]
+
+
+def settings_from_args(args: argparse.Namespace) -> DeconvolutionSettings:
+    """Build the settings from a command's ``--config`` and override flags."""
+    return build_settings(
+        args.config,
+        method=args.method,
+        device=args.device,
+        iterations=args.iterations,
+        background=args.background,
+    )
 
 
 def build_settings(
