@@ -172,6 +172,9 @@ def _start_and_stop(args: list[str], first_output: Path, how: signal.Signals) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell runs background jobs with SIGINT ignored, and Python keeps an ignored
+        # SIGINT ignored: give the child the default so Ctrl-C reaches it as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 90
