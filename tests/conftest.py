@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deconflow.io import TiffImage, read_tiff
@@ -12,6 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
 # CI clones the repository next to a read-only copy of shared/ (as in the developers' checkout)
 SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+
+
+def gaussian_psf(shape: tuple[int, ...], sigma: tuple[float, ...]) -> np.ndarray:
+    """A centred Gaussian PSF (peak at ``shape // 2``), normalised to sum 1."""
+    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
+    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma, strict=True)))
+    return g / g.sum()
 
 
 @pytest.fixture(scope="session")

@@ -6,21 +6,16 @@ from scipy import ndimage
 import deconflow
 from deconflow import DeconflowError, DeconvolutionSettings, Progress, Result
 from deconflow.physics import ConvolutionOperator
+from tests.conftest import gaussian_psf
 
 METHODS = ["rl", "rl-tv", "wiener"]
-
-
-def _gaussian(shape, sigma):
-    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
-    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
-    return g / g.sum()
 
 
 @pytest.fixture(scope="module")
 def simulated():
     """Sparse beads blurred by a Gaussian PSF, Poisson noise, camera offset 100."""
     rng = np.random.default_rng(0)
-    psf = _gaussian((11, 15, 15), (2.0, 1.5, 1.5))
+    psf = gaussian_psf((11, 15, 15), (2.0, 1.5, 1.5))
     op = ConvolutionOperator(psf, (24, 48, 48), dtype=torch.float64)
     points = np.zeros(op.object_shape)
     points[tuple(rng.integers(6, 30, (3, 25)))] = 1.0
@@ -54,7 +49,7 @@ def test_rl_beats_the_blurred_data_in_error_to_truth(simulated):
 
 def test_2d_images_work():
     rng = np.random.default_rng(1)
-    psf = _gaussian((9, 9), (1.5, 1.5)) * 1000 + 2
+    psf = gaussian_psf((9, 9), (1.5, 1.5)) * 1000 + 2
     image = rng.poisson(20.0, (40, 50)).astype(np.float32)
     for method in METHODS:
         out = deconflow.deconvolve(image, psf, method=method, iterations=3)

@@ -4,12 +4,7 @@ import pytest
 import deconflow
 from deconflow import DeconflowError, DeconvolutionSettings, Progress
 from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack, split_axes
-
-
-def _gaussian(shape, sigma):
-    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
-    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
-    return g / g.sum()
+from tests.conftest import gaussian_psf
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +14,11 @@ def tczyx():
 
 
 def test_each_volume_equals_its_single_stack_run(tczyx):
-    psfs = [_gaussian((5, 7, 7), (1.0, 1.5, 1.5)), _gaussian((5, 7, 7), (1.5, 2.0, 2.0)), None]
+    psfs = [
+        gaussian_psf((5, 7, 7), (1.0, 1.5, 1.5)),
+        gaussian_psf((5, 7, 7), (1.5, 2.0, 2.0)),
+        None,
+    ]
     psfs[2] = psfs[0]
     settings = DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(3))
     events = list(iter_deconvolve_hyperstack(tczyx, psfs, settings, axes="TCZYX"))
@@ -37,7 +36,7 @@ def test_each_volume_equals_its_single_stack_run(tczyx):
 
 def test_one_psf_for_all_channels(tczyx):
     events = list(
-        iter_deconvolve_hyperstack(tczyx[0], _gaussian((5, 7, 7), (1, 1, 1)), axes="CZYX")
+        iter_deconvolve_hyperstack(tczyx[0], gaussian_psf((5, 7, 7), (1, 1, 1)), axes="CZYX")
     )
     assert events[-1].image.shape == tczyx[0].shape
 
@@ -57,6 +56,6 @@ def test_bad_axes(axes, ndim, fragment):
 
 
 def test_wrong_number_of_psfs(tczyx):
-    psf = _gaussian((5, 7, 7), (1, 1, 1))
+    psf = gaussian_psf((5, 7, 7), (1, 1, 1))
     with pytest.raises(DeconflowError, match="2 PSFs for 3 channels"):
         list(iter_deconvolve_hyperstack(tczyx, [psf, psf], axes="TCZYX"))

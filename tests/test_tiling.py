@@ -8,18 +8,13 @@ from deconflow import DeconflowError, DeconvolutionSettings, Progress
 from deconflow.physics import ConvolutionOperator
 from deconflow.pipeline import run_to_result
 from deconflow.tiling import blend_weight, estimate_bytes, plan_tiles
-
-
-def _gaussian(shape, sigma):
-    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
-    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
-    return g / g.sum()
+from tests.conftest import gaussian_psf
 
 
 @pytest.fixture(scope="module")
 def stack():
     rng = np.random.default_rng(0)
-    psf = _gaussian((9, 11, 11), (1.5, 1.5, 1.5))
+    psf = gaussian_psf((9, 11, 11), (1.5, 1.5, 1.5))
     op = ConvolutionOperator(psf, (20, 96, 96), dtype=torch.float64)
     points = np.zeros(op.object_shape)
     points[tuple(rng.integers(0, 40, (3, 300)) % np.array(op.object_shape)[:, None])] = 1.0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
+from tests.conftest import gaussian_psf
 
 from deconflow import DeconflowError, DeconflowWarning, prepare_psf
 from deconflow.psf import resample_psf
@@ -100,14 +101,8 @@ def test_psf_larger_than_image_is_cropped_with_a_note():
     assert abs(float(prepared.data.sum()) - 1) < 1e-5
 
 
-def _gaussian_psf(shape, sigma):
-    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
-    psf = np.exp(-0.5 * sum((g / s) ** 2 for g, s in zip(grids, sigma)))
-    return psf / psf.sum()
-
-
 def test_resampling_round_trip_and_physical_width():
-    psf = _gaussian_psf((25, 41, 41), (3.0, 3.0, 3.0))  # sigma 3 voxels of (0.1, 0.05, 0.05) µm
+    psf = gaussian_psf((25, 41, 41), (3.0, 3.0, 3.0))  # sigma 3 voxels of (0.1, 0.05, 0.05) µm
     fine = resample_psf(psf, (0.1, 0.05, 0.05), (0.05, 0.025, 0.025))
     assert all(n % 2 == 1 for n in fine.shape)
     assert abs(fine.sum() - 1) < 1e-9
@@ -127,7 +122,7 @@ def test_resampling_round_trip_and_physical_width():
 
 
 def test_prepare_resamples_to_image_voxel_size():
-    psf = _gaussian_psf((21, 31, 31), (2.0, 2.0, 2.0)) * 1e4 + 5
+    psf = gaussian_psf((21, 31, 31), (2.0, 2.0, 2.0)) * 1e4 + 5
     prepared = prepare_psf(psf, voxel_size_um=(0.2, 0.1, 0.1), target_voxel_size_um=(0.4, 0.1, 0.1))
     assert prepared.voxel_size_um == (0.4, 0.1, 0.1)
     z = prepared.data[:, prepared.data.shape[1] // 2, prepared.data.shape[2] // 2]
@@ -153,7 +148,7 @@ def test_bad_psf_inputs(raw, fragment):
 
 
 def test_noiseless_psf_is_kept_down_to_its_faint_tails():
-    psf = _gaussian_psf((31, 31, 31), (2.0, 2.0, 2.0))
+    psf = gaussian_psf((31, 31, 31), (2.0, 2.0, 2.0))
     prepared = prepare_psf(psf)
     shape = prepared.data.shape
     assert shape[0] >= 17, "support cropped into the PSF's visible tail"

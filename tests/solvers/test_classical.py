@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from tests.conftest import gaussian_psf
 
 from deconflow import DeconflowError
 from deconflow.physics import ConvolutionOperator, PoissonLikelihood
@@ -14,12 +15,6 @@ from deconflow.solvers.wiener import (
     fourier_tikhonov_inverse,
     noise_to_signal_regularization,
 )
-
-
-def _gaussian(shape, sigma):
-    grids = np.meshgrid(*(np.arange(n) - n // 2 for n in shape), indexing="ij")
-    g = np.exp(-0.5 * sum((x / s) ** 2 for x, s in zip(grids, sigma)))
-    return g / g.sum()
 
 
 def _blurred(op, x):
@@ -38,7 +33,7 @@ def test_rl_with_identity_psf_returns_the_data_after_one_step():
 def test_rl_conserves_flux_in_the_measured_window():
     """sum(H x_k) = sum(y) after every plain RL step without background (an EM invariant)."""
     rng = np.random.default_rng(0)
-    psf = _gaussian((7, 9, 9), (1.5, 2.0, 2.0))
+    psf = gaussian_psf((7, 9, 9), (1.5, 2.0, 2.0))
     op = ConvolutionOperator(psf, (12, 20, 20), dtype=torch.float64)
     y = torch.tensor(rng.poisson(20.0, op.image_shape).astype(float))
     for x in RichardsonLucy(iterations=5, accelerate=False).iterate(y, op):
@@ -47,7 +42,7 @@ def test_rl_conserves_flux_in_the_measured_window():
 
 def test_rl_decreases_the_poisson_negative_log_likelihood():
     rng = np.random.default_rng(1)
-    psf = _gaussian((7, 9, 9), (1.5, 2.0, 2.0))
+    psf = gaussian_psf((7, 9, 9), (1.5, 2.0, 2.0))
     op = ConvolutionOperator(psf, (12, 24, 24), dtype=torch.float64)
     truth = rng.gamma(0.3, 50.0, op.object_shape)
     y = torch.tensor(rng.poisson(_blurred(op, truth).numpy() + 3.0).astype(float))
@@ -63,9 +58,9 @@ def test_rl_decreases_the_poisson_negative_log_likelihood():
 def test_rl_recovers_a_gaussian_blob_width(accelerate):
     """Noiseless Gaussian object (sigma 1.5), Gaussian PSF (sigma 2): RL sharpens it back."""
     shape = (33, 33)
-    psf = _gaussian((17, 17), (2.0, 2.0))
+    psf = gaussian_psf((17, 17), (2.0, 2.0))
     op = ConvolutionOperator(psf, shape, dtype=torch.float64)
-    truth = np.pad(_gaussian(shape, (1.5, 1.5)) * 1e4, 8)
+    truth = np.pad(gaussian_psf(shape, (1.5, 1.5)) * 1e4, 8)
     y = _blurred(op, truth)
     iterations = 400 if not accelerate else 60
     x = op.crop_to_image(RichardsonLucy(iterations, accelerate=accelerate)(y, op)).numpy()
@@ -78,7 +73,7 @@ def test_rl_recovers_a_gaussian_blob_width(accelerate):
 
 def test_acceleration_reaches_plain_rl_quality_in_fewer_iterations():
     rng = np.random.default_rng(2)
-    psf = _gaussian((9, 11, 11), (2.0, 2.0, 2.0))
+    psf = gaussian_psf((9, 11, 11), (2.0, 2.0, 2.0))
     op = ConvolutionOperator(psf, (16, 32, 32), dtype=torch.float64)
     truth = np.zeros(op.object_shape)
     truth[tuple(rng.integers(4, 20, (3, 30)))] = 500.0
@@ -90,7 +85,7 @@ def test_acceleration_reaches_plain_rl_quality_in_fewer_iterations():
 
 
 def test_rl_background_only_image_gives_near_zero_object():
-    psf = _gaussian((5, 7, 7), (1.0, 1.5, 1.5))
+    psf = gaussian_psf((5, 7, 7), (1.0, 1.5, 1.5))
     op = ConvolutionOperator(psf, (8, 16, 16), dtype=torch.float64)
     y = torch.full(op.image_shape, 100.0, dtype=torch.float64)
     x = RichardsonLucy(20)(y, op, 100.0)
@@ -99,7 +94,7 @@ def test_rl_background_only_image_gives_near_zero_object():
 
 def test_rl_tv_with_zero_weight_equals_rl():
     rng = np.random.default_rng(3)
-    psf = _gaussian((5, 7, 7), (1.0, 1.5, 1.5))
+    psf = gaussian_psf((5, 7, 7), (1.0, 1.5, 1.5))
     op = ConvolutionOperator(psf, (8, 16, 16), dtype=torch.float64)
     y = torch.tensor(rng.poisson(10.0, op.image_shape).astype(float))
     a = RichardsonLucy(8)(y, op, 2.0)
@@ -109,7 +104,7 @@ def test_rl_tv_with_zero_weight_equals_rl():
 
 def test_rl_tv_smooths_noise_more_than_rl():
     rng = np.random.default_rng(4)
-    psf = _gaussian((5, 9, 9), (1.0, 2.0, 2.0))
+    psf = gaussian_psf((5, 9, 9), (1.0, 2.0, 2.0))
     op = ConvolutionOperator(psf, (8, 32, 32), dtype=torch.float64)
     y = torch.tensor(rng.poisson(30.0, op.image_shape).astype(float))  # flat object + noise
     inner = (slice(2, -2), slice(4, -4), slice(4, -4))
@@ -137,7 +132,7 @@ def test_tv_divergence_is_minus_adjoint_of_forward_difference():
 
 def test_wiener_with_tiny_regularization_inverts_noiseless_blur():
     rng = np.random.default_rng(6)
-    psf = _gaussian((7, 7), (1.0, 1.0))
+    psf = gaussian_psf((7, 7), (1.0, 1.0))
     op = ConvolutionOperator(psf, (40, 40), dtype=torch.float64)
     truth = np.zeros(op.object_shape)
     truth[10:36, 10:36] = rng.random((26, 26)) * 100
@@ -154,7 +149,7 @@ def test_wiener_with_tiny_regularization_inverts_noiseless_blur():
 
 def test_wiener_solves_the_regularised_normal_equations():
     rng = np.random.default_rng(7)
-    psf = _gaussian((5, 7, 7), (1.0, 1.5, 1.5))
+    psf = gaussian_psf((5, 7, 7), (1.0, 1.5, 1.5))
     op = ConvolutionOperator(psf, (8, 16, 16), dtype=torch.float64)
     y = torch.tensor(rng.poisson(40.0, op.image_shape).astype(float))
     lam = 0.05
@@ -164,7 +159,7 @@ def test_wiener_solves_the_regularised_normal_equations():
 
 
 def test_wiener_zero_iterations_is_the_fourier_filter():
-    psf = _gaussian((5, 5), (1.0, 1.0))
+    psf = gaussian_psf((5, 5), (1.0, 1.0))
     op = ConvolutionOperator(psf, (12, 12), boundary="periodic", dtype=torch.float64)
     y = torch.rand(12, 12, dtype=torch.float64)
     x = Wiener(regularization=0.01, iterations=0, clip_negative=False)(y, op)
@@ -187,7 +182,7 @@ def test_wiener_zero_iterations_is_the_fourier_filter():
 def test_wiener_keeps_total_flux():
     """The gradient penalty leaves the zero frequency alone: no shrinkage of intensities."""
     rng = np.random.default_rng(8)
-    psf = _gaussian((5, 7, 7), (1.0, 1.5, 1.5))
+    psf = gaussian_psf((5, 7, 7), (1.0, 1.5, 1.5))
     op = ConvolutionOperator(psf, (8, 16, 16), boundary="periodic", dtype=torch.float64)
     y = torch.tensor(rng.poisson(40.0, op.image_shape).astype(float))
     x = Wiener(regularization=10.0, iterations=0, clip_negative=False)(y, op, 5.0)
@@ -196,7 +191,7 @@ def test_wiener_keeps_total_flux():
 
 def test_default_regularization_follows_the_noise_to_signal_ratio():
     rng = np.random.default_rng(9)
-    psf = _gaussian((5, 9, 9), (1.0, 2.0, 2.0))
+    psf = gaussian_psf((5, 9, 9), (1.0, 2.0, 2.0))
     op = ConvolutionOperator(psf, (12, 32, 32), dtype=torch.float64)
     truth = np.zeros(op.object_shape)
     truth[tuple(rng.integers(0, 16, (3, 40)))] = 400.0

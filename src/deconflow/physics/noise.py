@@ -13,6 +13,18 @@ __all__ = ["CameraNoise", "estimate_background", "estimate_camera_noise", "estim
 _BACKGROUND_PERCENTILE = 5.0
 
 
+def _in_plane_residual(arr: np.ndarray) -> np.ndarray:
+    """``y - mean of its 4 in-plane neighbours`` on interior voxels.
+
+    Smooth (blurred) signal cancels; independent noise of variance ``v`` leaves
+    variance ``1.25 v`` (1 from the voxel, 4/16 from its neighbours).
+    """
+    neighbours = (
+        arr[..., :-2, 1:-1] + arr[..., 2:, 1:-1] + arr[..., 1:-1, :-2] + arr[..., 1:-1, 2:]
+    ) / 4.0
+    return arr[..., 1:-1, 1:-1] - neighbours
+
+
 def _hollow_mean(arr: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
     """Gaussian neighbourhood mean that leaves each voxel out of its own neighbourhood.
 
@@ -78,11 +90,7 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
     arr = np.asarray(image, dtype=np.float64)
     if arr.shape[-1] < 3 or arr.shape[-2] < 3:
         return float(np.std(arr))
-    core = arr[..., 1:-1, 1:-1]
-    neighbours = (
-        arr[..., :-2, 1:-1] + arr[..., 2:, 1:-1] + arr[..., 1:-1, :-2] + arr[..., 1:-1, 2:]
-    ) / 4.0
-    residual = core - neighbours
+    residual = _in_plane_residual(arr)
     mad = np.median(np.abs(residual - np.median(residual)))
     sigma = 1.4826 * mad / np.sqrt(1.25)
     if sigma == 0.0:
@@ -159,10 +167,7 @@ def estimate_camera_noise(
     interior = (..., slice(1, -1), slice(1, -1))
     level = _hollow_mean(arr, (*in_plane, 2.0, 2.0))[interior].ravel()
     core = arr[interior]
-    neighbours = (
-        arr[..., :-2, 1:-1] + arr[..., 2:, 1:-1] + arr[..., 1:-1, :-2] + arr[..., 1:-1, 2:]
-    ) / 4.0
-    residual = (core - neighbours).ravel()  # variance 1.25 Var[y] where the signal is flat
+    residual = _in_plane_residual(arr).ravel()
     flat_sigma = (0.0,) * (arr.ndim - 2) + (2.5, 2.5)
     curvature = np.abs(ndimage.gaussian_laplace(arr, sigma=flat_sigma))[interior].ravel()
     values = core.ravel()

@@ -138,6 +138,13 @@ def _proximal_solve(
     return u
 
 
+def _check_schedule(steps: int, t_start: float) -> None:
+    if steps < 1:
+        raise DeconflowError(f"steps must be >= 1, got {steps}.")
+    if not 0.0 <= t_start < 1.0:
+        raise DeconflowError(f"t_start must be in [0, 1), got {t_start}.")
+
+
 def _times(steps: int, t_start: float) -> list[float]:
     return [t_start + (1.0 - t_start) * k / steps for k in range(steps)]
 
@@ -179,16 +186,13 @@ class ExactDataFlowSampler:
     perturb_last: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise DeconflowError(f"steps must be >= 1, got {self.steps}.")
+        _check_schedule(self.steps, self.t_start)
         if not self.prior_weight > 0:
             raise DeconflowError(f"prior_weight must be > 0, got {self.prior_weight}.")
         if not self.data_variance > 0:
             raise DeconflowError(f"data_variance must be > 0, got {self.data_variance}.")
         if self.cg_iterations < 1:
             raise DeconflowError(f"cg_iterations must be >= 1, got {self.cg_iterations}.")
-        if not 0.0 <= self.t_start < 1.0:
-            raise DeconflowError(f"t_start must be in [0, 1), got {self.t_start}.")
 
     def iterate(
         self,
@@ -252,12 +256,9 @@ class PnPFlowSampler:
     t_start: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise DeconflowError(f"steps must be >= 1, got {self.steps}.")
+        _check_schedule(self.steps, self.t_start)
         if not self.step_size > 0:
             raise DeconflowError(f"step_size must be > 0, got {self.step_size}.")
-        if not 0.0 <= self.t_start < 1.0:
-            raise DeconflowError(f"t_start must be in [0, 1), got {self.t_start}.")
 
     def iterate(
         self,
