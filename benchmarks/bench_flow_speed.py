@@ -18,6 +18,7 @@ from scipy import ndimage
 
 import deconflow
 from deconflow import DeconflowWarning
+from deconflow.pipeline import _FIRST_ESTIMATE_ITERATIONS
 from deconflow.psf import widefield_psf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +58,9 @@ def main() -> None:
         f"uint16 stack {shape}, widefield PSF (21, 31, 31); defaults (RL: "
         f"{deconflow.DeconvolutionSettings().rl.iterations} accelerated iterations; flow: "
         f"{settings.samples} samples × {settings.steps} steps from t = {settings.t_start}, "
-        f"{settings.cg_iterations} CG iterations per data step, plus 10 RL iterations for the "
-        f"first estimate). {platform.machine()}, torch {torch.__version__}, "
+        f"sampler {settings.sampler!r}, {settings.em_iterations} EM iterations per data step, "
+        f"plus {_FIRST_ESTIMATE_ITERATIONS} RL iterations for the first estimate). "
+        f"{platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads.",
         "",
         "| method | wall time (s) | device | notes |",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ from deconflow.priors.flow import FlowPrior
 from deconflow.priors.normalization import Normalization, fit_normalization
 from deconflow.priors.weights import load_prior
 from deconflow.solvers.flow import FlowDeconvolution, MeasurementModel
+from deconflow.solvers.poisson_flow import PoissonFlowSampler, PoissonMeasurement
 
 __all__ = ["FlowContext", "flow_block_solver", "load_flow_prior", "make_flow_context"]
 
@@ -90,9 +91,33 @@ def flow_block_solver(
     ) -> Generator[Progress, None, BlockOutput]:
         operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
         weights = torch.from_numpy(_weights(block, context.noise)).to(device)
-        # x = scale u + offset and H 1 = 1 inside the window, so y - b - offset = scale H u
-        data = torch.from_numpy(np.ascontiguousarray(block - background - norm.offset)).to(device)
-        model = MeasurementModel(operator, data, weights, norm.scale)
+        y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+        poisson: PoissonMeasurement | None = None
+        gaussian: MeasurementModel | None = None
+        if isinstance(sampler, PoissonFlowSampler):
+            poisson = PoissonMeasurement.from_camera(
+                operator,
+                y,
+                background,
+                gain=context.noise.gain,
+                camera_offset=context.noise.offset,
+                read_sigma=context.noise.read_sigma,
+                scale_adu=norm.scale,
+                offset_adu=norm.offset,
+            )
+        else:
+            # x = scale u + offset and H 1 = 1 inside the window, so y - b - offset = scale H u
+            gaussian = MeasurementModel(operator, y - background - norm.offset, weights, norm.scale)
+
+        def trajectory(
+            generator: torch.Generator, initial: torch.Tensor | None
+        ) -> Iterator[torch.Tensor]:
+            if poisson is not None and isinstance(sampler, PoissonFlowSampler):
+                return sampler.iterate(poisson, context.prior, generator, initial)
+            if gaussian is not None and not isinstance(sampler, PoissonFlowSampler):
+                return sampler.iterate(gaussian, context.prior, generator, initial)
+            raise RuntimeError("sampler and measurement model do not match")
+
         initial = None
         if settings.t_start > 0:
             first = torch.from_numpy(np.ascontiguousarray(context.first_estimate[index]))
@@ -105,9 +130,7 @@ def flow_block_solver(
         for k in range(settings.samples):
             generator = torch.Generator(device=device).manual_seed(base_seed + 7919 * k)
             u: torch.Tensor | None = None
-            for step, estimate in enumerate(
-                sampler.iterate(model, context.prior, generator, initial), start=1
-            ):
+            for step, estimate in enumerate(trajectory(generator, initial), start=1):
                 u = estimate
                 done = k * settings.steps + step
                 yield Progress(
@@ -129,7 +152,6 @@ def flow_block_solver(
         # data-consistency residual of the mean, in noise sigmas: about N(0, 1) where the
         # model explains the data
         predicted = operator.A(object_sum / settings.samples) + background
-        y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
         residual = ((y - predicted) * weights.sqrt()).cpu().numpy().astype(np.float32)
         return BlockOutput(
             mean=mean, std=std, samples=stack if settings.keep_samples else None, residual=residual

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: RL iterations of the first estimate that the flow prior's normalisation is fitted on.
-_FIRST_ESTIMATE_ITERATIONS = 10
+_FIRST_ESTIMATE_ITERATIONS = 20
 
 
 @dataclass(frozen=True)

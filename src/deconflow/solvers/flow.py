@@ -9,7 +9,10 @@ the data term is ``||scale * H u - (y - b - offset)||^2_W / 2`` with per-voxel
 weights ``W = 1 / Var[y]`` from the camera noise model (Poisson photon noise
 plus read noise, the variance-stabilised Gaussian likelihood).
 
-- :class:`ExactDataFlowSampler` (default; in the spirit of Flower and
+- :class:`~deconflow.solvers.poisson_flow.PoissonFlowSampler` (default): the same
+  scheme with the Poisson likelihood itself, solved by MAP-EM; see its module for why
+  it replaced the Gaussian step as the default.
+- :class:`ExactDataFlowSampler` (in the spirit of Flower and
   OT-ODE): the measurement step is the exact proximal solve
   ``argmin_u ||scale H u - d||^2_W / 2 + rho ||u - D_t(u_t)||^2 / (2 gamma_t^2)``
   by conjugate gradients preconditioned with the Fourier (Wiener) solve, and
@@ -25,12 +28,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
+from deconflow.solvers._schedule import (
+    Denoiser,
+    check_at_least_one,
+    check_positive,
+    check_schedule,
+    posterior_variance,
+    sampler_times,
+)
+from deconflow.solvers.poisson_flow import PoissonFlowSampler
 from deconflow.solvers.wiener import fourier_tikhonov_inverse
 
 __all__ = [
@@ -40,15 +51,9 @@ __all__ = [
     "FlowDeconvolution",
     "MeasurementModel",
     "PnPFlowSampler",
+    "PoissonFlowSampler",
+    "posterior_variance",
 ]
-
-
-class Denoiser(Protocol):
-    """What the samplers need of a prior: ``D_t(x_t) ≈ E[x1 | x_t]`` in prior units."""
-
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
-        """Estimate the data ``x1`` from ``x_t``."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,6 @@ class MeasurementModel:
         return float(self.weights.mean().item())
 
 
-def posterior_variance(t: float, data_variance: float) -> float:
-    """``Var[x1 | x_t]`` per voxel for data of variance ``data_variance`` (Gaussian model)."""
-    noise = (1.0 - t) ** 2
-    return data_variance * noise / (t**2 * data_variance + noise)
-
-
 def _proximal_solve(
     model: MeasurementModel,
     rhs_data: torch.Tensor,
@@ -138,17 +137,6 @@ def _proximal_solve(
     return u
 
 
-def _check_schedule(steps: int, t_start: float) -> None:
-    if steps < 1:
-        raise DeconflowError(f"steps must be >= 1, got {steps}.")
-    if not 0.0 <= t_start < 1.0:
-        raise DeconflowError(f"t_start must be in [0, 1), got {t_start}.")
-
-
-def _times(steps: int, t_start: float) -> list[float]:
-    return [t_start + (1.0 - t_start) * k / steps for k in range(steps)]
-
-
 @dataclass(frozen=True)
 class ExactDataFlowSampler:
     """Flow posterior sampler with an exact (proximal) data step and perturb-and-MAP.
@@ -186,13 +174,9 @@ class ExactDataFlowSampler:
     perturb_last: bool = True
 
     def __post_init__(self) -> None:
-        _check_schedule(self.steps, self.t_start)
-        if not self.prior_weight > 0:
-            raise DeconflowError(f"prior_weight must be > 0, got {self.prior_weight}.")
-        if not self.data_variance > 0:
-            raise DeconflowError(f"data_variance must be > 0, got {self.data_variance}.")
-        if self.cg_iterations < 1:
-            raise DeconflowError(f"cg_iterations must be >= 1, got {self.cg_iterations}.")
+        check_schedule(self.steps, self.t_start)
+        check_positive(prior_weight=self.prior_weight, data_variance=self.data_variance)
+        check_at_least_one(cg_iterations=self.cg_iterations)
 
     def iterate(
         self,
@@ -212,7 +196,7 @@ class ExactDataFlowSampler:
         def noise() -> torch.Tensor:
             return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
-        times = _times(self.steps, self.t_start)
+        times = sampler_times(self.steps, self.t_start)
         u_t = noise()
         if initial is not None:
             u_t = self.t_start * initial + (1.0 - self.t_start) * u_t
@@ -256,7 +240,7 @@ class PnPFlowSampler:
     t_start: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_schedule(self.steps, self.t_start)
+        check_schedule(self.steps, self.t_start)
         if not self.step_size > 0:
             raise DeconflowError(f"step_size must be > 0, got {self.step_size}.")
 
@@ -273,14 +257,14 @@ class PnPFlowSampler:
         lipschitz = model.scale**2 * float(model.weights.max().item())
         eta = self.step_size / max(lipschitz, 1e-30)
         u = torch.zeros(shape, device=like.device, dtype=like.dtype) if initial is None else initial
-        for t in _times(self.steps, self.t_start):
+        for t in sampler_times(self.steps, self.t_start):
             z = u - eta * model.gradient(u)
             eps = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
             u = prior.denoise(t * z + (1.0 - t) * eps, t)
             yield u
 
 
-SAMPLERS = ("exact", "pnp")
+SAMPLERS = ("poisson", "exact", "pnp")
 
 
 @dataclass(frozen=True)
@@ -289,19 +273,22 @@ class FlowDeconvolution:
 
     Parameters
     ----------
-    sampler : {"exact", "pnp"}
-        :class:`ExactDataFlowSampler` (default) or :class:`PnPFlowSampler`.
+    sampler : {"poisson", "exact", "pnp"}
+        :class:`~deconflow.solvers.poisson_flow.PoissonFlowSampler` (default),
+        :class:`ExactDataFlowSampler` (Gaussian data step) or :class:`PnPFlowSampler`.
     steps : int
         Prior (network) evaluations per sample.
     samples : int
         Posterior samples; the result is their mean, their standard deviation
         is the uncertainty map.
     prior_weight : float
-        Strength of the prior relative to the data (exact sampler).
+        Strength of the prior relative to the data ("poisson" and "exact").
     data_variance : float
-        Variance of sharp volumes in prior units (exact sampler).
+        Variance of sharp volumes in prior units ("poisson" and "exact").
+    em_iterations : int
+        EM iterations per data step ("poisson").
     cg_iterations : int
-        Conjugate-gradient iterations per data step (exact sampler).
+        Conjugate-gradient iterations per data step ("exact").
     step_size : float
         Gradient step of the PnP sampler, in units of the inverse Lipschitz constant.
     t_start : float
@@ -319,14 +306,15 @@ class FlowDeconvolution:
         Keep every sample in the result (memory: one stack per sample).
     """
 
-    sampler: str = "exact"
-    steps: int = 6
+    sampler: str = "poisson"
+    steps: int = 3
     samples: int = 2
-    prior_weight: float = 0.1
+    prior_weight: float = 0.03
     data_variance: float = 0.05
+    em_iterations: int = 7
     cg_iterations: int = 8
     step_size: float = 1.0
-    t_start: float = 0.4
+    t_start: float = 0.7
     weights: str | None = None
     seed: int | None = 0
     gain: float | None = None
@@ -337,7 +325,7 @@ class FlowDeconvolution:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise DeconflowError(
-                f"Unknown sampler {self.sampler!r}; choose 'exact' (default) or 'pnp'."
+                f"Unknown sampler {self.sampler!r}; choose 'poisson' (default), 'exact' or 'pnp'."
             )
         if self.samples < 1:
             raise DeconflowError(f"samples must be >= 1, got {self.samples}.")
@@ -352,14 +340,22 @@ class FlowDeconvolution:
         """Prior evaluations of a whole run (all samples)."""
         return self.steps * self.samples
 
-    def build_sampler(self) -> ExactDataFlowSampler | PnPFlowSampler:
+    def build_sampler(self) -> PoissonFlowSampler | ExactDataFlowSampler | PnPFlowSampler:
         """Build the sampler these settings describe."""
         if self.sampler == "pnp":
             return PnPFlowSampler(steps=self.steps, step_size=self.step_size, t_start=self.t_start)
-        return ExactDataFlowSampler(
+        if self.sampler == "exact":
+            return ExactDataFlowSampler(
+                steps=self.steps,
+                t_start=self.t_start,
+                prior_weight=self.prior_weight,
+                data_variance=self.data_variance,
+                cg_iterations=self.cg_iterations,
+            )
+        return PoissonFlowSampler(
             steps=self.steps,
             t_start=self.t_start,
             prior_weight=self.prior_weight,
             data_variance=self.data_variance,
-            cg_iterations=self.cg_iterations,
+            em_iterations=self.em_iterations,
         )

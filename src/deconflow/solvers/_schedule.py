@@ -1,0 +1,59 @@
+"""What every flow sampler shares: the prior protocol, the time grid, the Gaussian error model."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from deconflow._errors import DeconflowError
+
+__all__ = [
+    "Denoiser",
+    "check_at_least_one",
+    "check_positive",
+    "check_schedule",
+    "posterior_variance",
+    "sampler_times",
+]
+
+
+class Denoiser(Protocol):
+    """What the samplers need of a prior: ``D_t(x_t) ≈ E[x1 | x_t]`` in prior units."""
+
+    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """Estimate the data ``x1`` from ``x_t``."""
+        ...
+
+
+def posterior_variance(t: float, data_variance: float) -> float:
+    """``Var[x1 | x_t]`` per voxel for data of variance ``data_variance`` (Gaussian model)."""
+    noise = (1.0 - t) ** 2
+    return data_variance * noise / (t**2 * data_variance + noise)
+
+
+def check_schedule(steps: int, t_start: float) -> None:
+    """Raise :class:`DeconflowError` unless ``steps >= 1`` and ``0 <= t_start < 1``."""
+    if steps < 1:
+        raise DeconflowError(f"steps must be >= 1, got {steps}.")
+    if not 0.0 <= t_start < 1.0:
+        raise DeconflowError(f"t_start must be in [0, 1), got {t_start}.")
+
+
+def sampler_times(steps: int, t_start: float) -> list[float]:
+    """Return ``steps`` evenly spaced times from ``t_start`` towards 1 (1 itself excluded)."""
+    return [t_start + (1.0 - t_start) * k / steps for k in range(steps)]
+
+
+def check_positive(**values: float) -> None:
+    """Raise :class:`DeconflowError` naming the first value that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise DeconflowError(f"{name} must be > 0, got {value}.")
+
+
+def check_at_least_one(**values: int) -> None:
+    """Raise :class:`DeconflowError` naming the first count below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise DeconflowError(f"{name} must be >= 1, got {value}.")

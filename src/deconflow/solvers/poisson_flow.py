@@ -1,0 +1,257 @@
+"""Flow posterior sampling with an exact Poisson data step (MAP-EM around the prior's estimate).
+
+Why this data step, measured on the issue-7 benchmark: the Gaussian proximal step of
+:class:`~deconflow.solvers.flow.ExactDataFlowSampler` weights each voxel by
+``1 / Var[y]``, and photon noise makes those weights span two to three decades (a few
+photons of background against hundreds in the structure). Conjugate gradients then
+stall far from the solution (relative residual ~1e-1 after 10 iterations against ~1e-5
+with uniform weights) and the low spatial frequencies, which the data fix best, come out
+wrong — the flow lost up to 13 dB to Richardson–Lucy at high photon counts. Solving the
+same proximal problem with the Poisson likelihood itself, by expectation–maximisation,
+needs no preconditioner, keeps the object non-negative and converges like
+Richardson–Lucy, whose iterations it becomes as the prior weight goes to 0.
+
+Model, in photons (``g`` gain in ADU per photon, ``o`` camera offset, ``sigma`` read
+noise in ADU): ``z = (y - o) / g + sigma^2 / g^2 ~ Poisson(H v + c)`` (the shifted-Poisson
+approximation of Poisson plus Gaussian read noise), with ``v >= 0`` the object in
+photons and ``c = (b - o) / g + sigma^2 / g^2`` the background. The prior lives in prior
+units ``u`` with ``v = s u + v0`` (the prior's intensity normalisation).
+
+Data step at time ``t``: ``argmin_v  sum(H v + c - z log(H v + c)) + P ||v - a||^2 / 2`` with
+``a`` the prior's denoised estimate ``D_t(u_t)`` in photons (plus, for a posterior
+sample, Gaussian noise of the prior's error variance ``gamma_t^2``) and
+``P = rho / (s^2 gamma_t^2)``. Each EM iteration majorises the Poisson term by a
+separable function (De Pierro), so the update is the positive root of a quadratic per
+voxel::
+
+    e = v * H^T(z / (H v + c)),   S = H^T 1,   B = S - P a
+    v <- (sqrt(B^2 + 4 P e) - B) / (2 P)
+
+which decreases the objective monotonically and tends to the RL update ``e / S`` as
+``P -> 0``. The object estimate carries over from step to step (warm start), so the EM
+iterations of all steps add up, as RL's do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from deconflow._errors import DeconflowError
+from deconflow.physics.blur import ConvolutionOperator
+from deconflow.solvers._schedule import (
+    Denoiser,
+    check_at_least_one,
+    check_positive,
+    check_schedule,
+    posterior_variance,
+    sampler_times,
+)
+
+__all__ = ["PoissonFlowSampler", "PoissonMeasurement", "map_em_update", "prior_window"]
+
+#: Object voxels beyond the measured window (z, then y and x) that the network still sees:
+#: context for the edge voxels, without paying for the whole FFT margin.
+_PRIOR_CONTEXT = (4, 8, 8)
+
+
+@dataclass(frozen=True)
+class PoissonMeasurement:
+    """A measurement in photons: ``counts ~ Poisson(H v + background)``, ``v = scale u + offset``.
+
+    Attributes
+    ----------
+    operator : ConvolutionOperator
+        ``H``.
+    counts : torch.Tensor
+        ``z >= 0``, image domain, photons (shifted by the read-noise variance).
+    background : torch.Tensor
+        ``c > 0`` in photons: a 0-d tensor or one value per image voxel.
+    scale : float
+        Photons per prior unit (> 0).
+    offset : float
+        Photons at prior unit 0.
+    """
+
+    operator: ConvolutionOperator
+    counts: torch.Tensor
+    background: torch.Tensor
+    scale: float
+    offset: float
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise DeconflowError(f"scale must be > 0 photons per prior unit, got {self.scale}.")
+        if bool((self.background <= 0).any()):
+            raise DeconflowError("The Poisson background must be > 0 photons everywhere.")
+
+    @classmethod
+    def from_camera(
+        cls,
+        operator: ConvolutionOperator,
+        image: torch.Tensor,
+        background_adu: float,
+        *,
+        gain: float,
+        camera_offset: float,
+        read_sigma: float,
+        scale_adu: float,
+        offset_adu: float,
+    ) -> PoissonMeasurement:
+        """Build from an image in ADU and the camera's gain, offset and read noise.
+
+        ``scale_adu`` and ``offset_adu`` are the prior's normalisation in image units
+        above the background (``x = scale_adu * u + offset_adu``).
+        """
+        read_photons2 = (read_sigma / gain) ** 2
+        counts = ((image - camera_offset) / gain + read_photons2).clamp_min(0.0)
+        # a background below the camera offset (a user's guess, or a dark corner) still
+        # leaves the read-noise variance, which keeps H v + c > 0
+        level = max((background_adu - camera_offset) / gain, 0.0) + max(read_photons2, 1e-3)
+        return cls(
+            operator=operator,
+            counts=counts,
+            background=torch.tensor(level, dtype=image.dtype, device=image.device),
+            scale=scale_adu / gain,
+            offset=offset_adu / gain,
+        )
+
+    def to_photons(self, u: torch.Tensor) -> torch.Tensor:
+        """Prior units → photons."""
+        return u * self.scale + self.offset
+
+    def to_prior(self, v: torch.Tensor) -> torch.Tensor:
+        """Photons → prior units."""
+        return (v - self.offset) / self.scale
+
+    def negative_log_likelihood(self, v: torch.Tensor) -> float:
+        """``sum(H v + c - z log(H v + c))`` (up to a constant)."""
+        mean = self.operator.A(v) + self.background
+        return float(torch.sum(mean - self.counts * torch.log(mean)).item())
+
+
+def map_em_update(
+    model: PoissonMeasurement,
+    v: torch.Tensor,
+    sensitivity: torch.Tensor,
+    anchor: torch.Tensor,
+    precision: float,
+) -> torch.Tensor:
+    """One EM step on ``NLL(v) + precision ||v - anchor||^2 / 2`` (photons); returns new ``v``.
+
+    ``sensitivity`` is ``H^T 1``. With ``precision = 0`` this is the Richardson–Lucy update.
+    """
+    op = model.operator
+    ratio = model.counts / (op.A(v) + model.background)
+    # FFT round-off can leave -1e-8 where the exact values are 0; the root needs e, S >= 0
+    e = (v * op.A_adjoint(ratio)).clamp_min_(0.0)
+    s = sensitivity.clamp_min(0.0)
+    if precision <= 0.0:
+        return e / s.clamp_min(1e-12)
+    b = s - precision * anchor
+    root = torch.sqrt(b * b + 4.0 * precision * e)
+    # the two algebraically equal forms of the positive root, each free of cancellation
+    # on its side of b = 0
+    small = 2.0 * e / (b + root).clamp_min(1e-30)
+    large = (root - b) / (2.0 * precision)
+    return torch.where(b >= 0, small, large)
+
+
+def prior_window(operator: ConvolutionOperator) -> tuple[slice, ...]:
+    """Object-domain region the network runs on: the measured window plus a little context.
+
+    The rest of the FFT margin only catches light blurred in from outside the field of
+    view; the data there are weak and the network's cost grows with the voxels it sees
+    (the margin can double them), so that region keeps its data-driven estimate.
+    """
+    context = _PRIOR_CONTEXT[-operator.ndim :]
+    return tuple(
+        slice(c - min(c, extra), c + n + min(m - n - c, extra))
+        for c, n, m, extra in zip(
+            operator.margin, operator.image_shape, operator.object_shape, context, strict=True
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PoissonFlowSampler:
+    """Flow posterior sampler whose data step is the Poisson MAP-EM solve (module docstring).
+
+    Parameters
+    ----------
+    steps : int
+        Prior evaluations per sample.
+    prior_weight : float
+        ``rho``: multiplies the prior's precision ``1 / gamma_t^2``.
+    data_variance : float
+        Variance of sharp volumes in prior units; sets ``gamma_t^2 = Var[x1 | x_t]``.
+    em_iterations : int
+        EM iterations per data step.
+    t_start : float
+        First time (0: start from pure noise).
+    perturb : bool
+        Add the prior's error (``N(0, gamma_t^2)``) to its estimate before each data
+        step except the last, so that samples differ where the data leave the answer
+        open. ``False`` gives a deterministic estimate.
+    """
+
+    steps: int = 3
+    prior_weight: float = 0.03
+    data_variance: float = 0.05
+    em_iterations: int = 7
+    t_start: float = 0.7
+    perturb: bool = True
+
+    def __post_init__(self) -> None:
+        check_schedule(self.steps, self.t_start)
+        check_positive(prior_weight=self.prior_weight, data_variance=self.data_variance)
+        check_at_least_one(em_iterations=self.em_iterations)
+
+    def iterate(
+        self,
+        model: PoissonMeasurement,
+        prior: Denoiser,
+        generator: torch.Generator,
+        initial: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the estimate (prior units, object domain) after each step; the last is the sample.
+
+        ``initial`` (object domain, prior units) is the first estimate, re-noised to
+        ``t_start``; without it the object starts flat at the data's mean.
+        """
+        op = model.operator
+        like = model.counts
+        shape = op.object_shape
+
+        def noise() -> torch.Tensor:
+            return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+        sensitivity = op.adjoint_of_ones()
+        if initial is None:
+            flat = float((model.counts - model.background).clamp_min(0.0).mean().item())
+            v = torch.full(shape, max(flat, 1e-3), device=like.device, dtype=like.dtype)
+        else:
+            v = model.to_photons(initial).clamp_min(1e-3)
+        u1 = model.to_prior(v)
+        window = prior_window(op)
+        times = sampler_times(self.steps, self.t_start)
+        u_t = times[0] * u1 + (1.0 - times[0]) * noise()
+        for k, t in enumerate(times):
+            last = k + 1 == len(times)
+            # outside the window the anchor is the current estimate: no pull there
+            estimate = u1.clone()
+            estimate[window] = prior.denoise(u_t[window].contiguous(), t)
+            gamma2 = posterior_variance(t, self.data_variance)
+            if self.perturb and not last:
+                estimate += gamma2**0.5 * noise()
+            anchor = model.to_photons(estimate)
+            precision = self.prior_weight / (gamma2 * model.scale**2)
+            for _ in range(self.em_iterations):
+                v = map_em_update(model, v, sensitivity, anchor, precision)
+            u1 = model.to_prior(v)
+            yield u1
+            if not last:
+                t_next = times[k + 1]
+                u_t = t_next * u1 + (1.0 - t_next) * noise()

@@ -1,0 +1,87 @@
+"""method="flow" end to end with the shipped prior: uncertainty result, seeds, tiling."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import deconflow
+from deconflow import DeconvolutionSettings, Progress
+from deconflow.physics import ConvolutionOperator
+from tests.conftest import gaussian_psf
+
+OFFSET, BACKGROUND = 100.0, 104.0
+FAST = {"steps": 2, "em_iterations": 3, "gain": 1.0, "camera_offset": OFFSET, "read_sigma": 1.0}
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """Puncta and a filament blurred by a Gaussian PSF, Poisson noise on a camera offset."""
+    rng = np.random.default_rng(0)
+    psf = gaussian_psf((7, 9, 9), (1.2, 1.5, 1.5))
+    op = ConvolutionOperator(psf, (12, 40, 40), dtype=torch.float64)
+    truth = np.zeros(op.object_shape)
+    truth[tuple(rng.integers(0, n, 40) for n in op.object_shape)] = 1.0
+    truth[op.object_shape[0] // 2, op.object_shape[1] // 2, :] = 0.5
+    truth = ndimage.gaussian_filter(truth, 0.7) * 3000.0
+    image = rng.poisson(op.A(torch.tensor(truth)).numpy() + BACKGROUND - OFFSET) + OFFSET
+    return image.astype(np.float32), psf, op.crop_to_image(torch.tensor(truth)).numpy()
+
+
+def test_uncertainty_result_is_sharper_than_the_data_and_explains_it(stack):
+    image, psf, truth = stack
+    out = deconflow.deconvolve_with_uncertainty(
+        image, psf, samples=2, background=BACKGROUND, device="cpu", keep_samples=True, **FAST
+    )
+    assert out.mean.shape == out.std.shape == out.residual.shape == image.shape
+    assert out.samples is not None and out.samples.shape == (2, *image.shape)
+    assert np.all(np.isfinite(out.mean)) and out.mean.min() >= 0
+    assert out.std.min() >= 0 and out.std.max() > 0
+    np.testing.assert_allclose(out.samples.mean(axis=0), out.mean, rtol=1e-5, atol=1e-3)
+    # deconvolution brings the estimate closer to the object than the blurred data are
+    blurred_error = np.linalg.norm(image - BACKGROUND - truth)
+    assert np.linalg.norm(out.mean - truth) < 0.7 * blurred_error
+    # the mean explains the measurement to within its noise: residual ~ N(0, 1)
+    assert 0.6 < float(out.residual.std()) < 1.6
+    assert abs(float(out.residual.mean())) < 0.3
+
+
+def test_seed_reproduces_and_another_seed_differs(stack):
+    image, psf, _ = stack
+
+    def run(seed):
+        return deconflow.deconvolve(
+            image, psf, method="flow", background=BACKGROUND, device="cpu", seed=seed, **FAST
+        )
+
+    first = run(3)
+    np.testing.assert_array_equal(first, run(3))
+    assert not np.array_equal(first, run(4))
+
+
+def test_flow_tiled_equals_untiled_within_noise(stack):
+    image, psf, _ = stack
+    options = {**FAST, "samples": 1}
+    whole = deconflow.deconvolve(
+        image, psf, method="flow", background=BACKGROUND, device="cpu", **options
+    )
+    settings = DeconvolutionSettings.from_options(
+        "flow", background=BACKGROUND, device="cpu", tile_shape=(12, 24, 24), **options
+    )
+    events = list(deconflow.iter_deconvolve(image, psf, settings))
+    tiles_seen = {e.tile for e in events if isinstance(e, Progress) and e.stage == "solve"}
+    assert len(tiles_seen) > 1
+    tiled = events[-1].image
+    difference = np.linalg.norm(tiled - whole) / np.linalg.norm(whole)
+    noise = np.linalg.norm(np.sqrt(np.maximum(image - OFFSET, 1))) / np.linalg.norm(whole)
+    assert difference < 0.5 * noise, (difference, noise)
+
+
+@pytest.mark.parametrize("sampler", ["exact", "pnp"])
+def test_the_other_samplers_run_through_the_api(stack, sampler):
+    image, psf, truth = stack
+    out = deconflow.deconvolve(
+        image, psf, method="flow", sampler=sampler, background=BACKGROUND, device="cpu", **FAST
+    )
+    assert out.shape == image.shape and np.all(np.isfinite(out))
+    assert np.corrcoef(out.ravel(), truth.ravel())[0, 1] > 0.5
