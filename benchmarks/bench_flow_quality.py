@@ -34,6 +34,7 @@ from deconflow.solvers import RichardsonLucy, RichardsonLucyTV
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _phantoms import beaded_rings, real_derived, voronoi_membranes
+from _report import publish
 
 REPO = Path(__file__).resolve().parents[1]
 VOXEL = (0.2, 0.1, 0.1)
@@ -255,10 +256,7 @@ def write_report(rows, args, figure_case) -> None:
         "",
         "Produced by `python benchmarks/bench_flow_quality.py`.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
     if figure_case is not None:
         from deconflow._figures import save_comparison_figure
 

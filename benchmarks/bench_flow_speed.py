@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 import deconflow
+from _report import publish
 from deconflow import DeconflowWarning
 from deconflow.pipeline import _FIRST_ESTIMATE_ITERATIONS
 from deconflow.psf import widefield_psf
@@ -69,9 +70,7 @@ def main() -> None:
         "",
         "Produced by `python benchmarks/bench_flow_speed.py`.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

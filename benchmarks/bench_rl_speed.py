@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _report import publish
 from deconflow.physics import ConvolutionOperator
 from deconflow.psf import widefield_psf
 from deconflow.solvers import RichardsonLucy
@@ -98,10 +99,7 @@ def main() -> None:
         "",
         "Produced by `python benchmarks/bench_rl_speed.py`.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

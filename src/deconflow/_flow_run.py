@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -92,8 +93,7 @@ def flow_block_solver(
         operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
         weights = torch.from_numpy(_weights(block, context.noise)).to(device)
         y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
-        poisson: PoissonMeasurement | None = None
-        gaussian: MeasurementModel | None = None
+        trajectory: Callable[[torch.Generator, torch.Tensor | None], Iterator[torch.Tensor]]
         if isinstance(sampler, PoissonFlowSampler):
             poisson = PoissonMeasurement.from_camera(
                 operator,
@@ -105,19 +105,11 @@ def flow_block_solver(
                 scale_adu=norm.scale,
                 offset_adu=norm.offset,
             )
+            trajectory = partial(sampler.iterate, poisson, context.prior)
         else:
             # x = scale u + offset and H 1 = 1 inside the window, so y - b - offset = scale H u
             gaussian = MeasurementModel(operator, y - background - norm.offset, weights, norm.scale)
-
-        def trajectory(
-            generator: torch.Generator, initial: torch.Tensor | None
-        ) -> Iterator[torch.Tensor]:
-            if poisson is not None and isinstance(sampler, PoissonFlowSampler):
-                return sampler.iterate(poisson, context.prior, generator, initial)
-            if gaussian is not None and not isinstance(sampler, PoissonFlowSampler):
-                return sampler.iterate(gaussian, context.prior, generator, initial)
-            raise RuntimeError("sampler and measurement model do not match")
-
+            trajectory = partial(sampler.iterate, gaussian, context.prior)
         initial = None
         if settings.t_start > 0:
             first = torch.from_numpy(np.ascontiguousarray(context.first_estimate[index]))

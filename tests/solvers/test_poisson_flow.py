@@ -163,9 +163,15 @@ def test_from_camera_converts_adu_to_photons():
     op = ConvolutionOperator(np.ones((1, 1, 1)), (2, 3, 3), dtype=torch.float64)
     image = torch.full(op.image_shape, 140.0, dtype=torch.float64)
     model = PoissonMeasurement.from_camera(
-        op, image, 104.0, gain=2.0, camera_offset=100.0, read_sigma=3.0,
-        scale_adu=50.0, offset_adu=4.0,
-    )  # fmt: skip
+        op,
+        image,
+        104.0,
+        gain=2.0,
+        camera_offset=100.0,
+        read_sigma=3.0,
+        scale_adu=50.0,
+        offset_adu=4.0,
+    )
     np.testing.assert_allclose(model.counts.numpy(), 20.0 + 2.25)
     assert float(model.background) == pytest.approx(2.0 + 2.25)
     assert model.scale == 25.0 and model.offset == 2.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -13,6 +14,7 @@ __all__ = [
     "check_at_least_one",
     "check_positive",
     "check_schedule",
+    "normal_noise",
     "posterior_variance",
     "sampler_times",
 ]
@@ -30,6 +32,17 @@ def posterior_variance(t: float, data_variance: float) -> float:
     """``Var[x1 | x_t]`` per voxel for data of variance ``data_variance`` (Gaussian model)."""
     noise = (1.0 - t) ** 2
     return data_variance * noise / (t**2 * data_variance + noise)
+
+
+def normal_noise(
+    shape: Sequence[int], like: torch.Tensor, generator: torch.Generator
+) -> Callable[[], torch.Tensor]:
+    """Return a source of standard normal draws of ``shape`` on ``like``'s device and dtype."""
+
+    def draw() -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
+
+    return draw
 
 
 def check_schedule(steps: int, t_start: float) -> None:

@@ -33,11 +33,13 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
+from deconflow.priors.flow import interpolate
 from deconflow.solvers._schedule import (
     Denoiser,
     check_at_least_one,
     check_positive,
     check_schedule,
+    normal_noise,
     posterior_variance,
     sampler_times,
 )
@@ -190,16 +192,12 @@ class ExactDataFlowSampler:
         ``initial`` (object domain, prior units) is re-noised to ``t_start`` to start
         from; without it the sampler starts from noise.
         """
-        shape = model.operator.object_shape
-        like = model.data
-
-        def noise() -> torch.Tensor:
-            return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-
+        noise = normal_noise(model.operator.object_shape, model.data, generator)
+        image_noise = normal_noise(model.data.shape, model.data, generator)
         times = sampler_times(self.steps, self.t_start)
         u_t = noise()
         if initial is not None:
-            u_t = self.t_start * initial + (1.0 - self.t_start) * u_t
+            u_t = interpolate(initial, u_t, self.t_start)
         for k, t in enumerate(times):
             estimate = prior.denoise(u_t, t)
             gamma2 = posterior_variance(t, self.data_variance)
@@ -207,17 +205,13 @@ class ExactDataFlowSampler:
             last = k + 1 == len(times)
             if self.perturb and (self.perturb_last or not last):
                 anchor = estimate + gamma2**0.5 * noise()
-                image_noise = torch.randn(
-                    model.data.shape, generator=generator, device=like.device, dtype=like.dtype
-                )
-                data = model.data + image_noise / model.weights.clamp_min(1e-30).sqrt()
+                data = model.data + image_noise() / model.weights.clamp_min(1e-30).sqrt()
             u1 = _proximal_solve(
                 model, data, anchor, self.prior_weight / gamma2, self.cg_iterations
             )
             yield u1
             if k + 1 < len(times):
-                t_next = times[k + 1]
-                u_t = t_next * u1 + (1.0 - t_next) * noise()
+                u_t = interpolate(u1, noise(), times[k + 1])
 
 
 @dataclass(frozen=True)
@@ -254,13 +248,13 @@ class PnPFlowSampler:
         """Yield the denoised estimate after each step (starting from ``initial`` or 0)."""
         shape = model.operator.object_shape
         like = model.data
+        noise = normal_noise(shape, like, generator)
         lipschitz = model.scale**2 * float(model.weights.max().item())
         eta = self.step_size / max(lipschitz, 1e-30)
         u = torch.zeros(shape, device=like.device, dtype=like.dtype) if initial is None else initial
         for t in sampler_times(self.steps, self.t_start):
             z = u - eta * model.gradient(u)
-            eps = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-            u = prior.denoise(t * z + (1.0 - t) * eps, t)
+            u = prior.denoise(interpolate(z, noise(), t), t)
             yield u
 
 

@@ -41,11 +41,13 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
+from deconflow.priors.flow import interpolate
 from deconflow.solvers._schedule import (
     Denoiser,
     check_at_least_one,
     check_positive,
     check_schedule,
+    normal_noise,
     posterior_variance,
     sampler_times,
 )
@@ -141,16 +143,16 @@ def map_em_update(
 ) -> torch.Tensor:
     """One EM step on ``NLL(v) + precision ||v - anchor||^2 / 2`` (photons); returns new ``v``.
 
-    ``sensitivity`` is ``H^T 1``. With ``precision = 0`` this is the Richardson–Lucy update.
+    ``sensitivity`` is ``H^T 1``, clamped at 0 by the caller (it is the same for every
+    update). With ``precision = 0`` this is the Richardson–Lucy update.
     """
     op = model.operator
     ratio = model.counts / (op.A(v) + model.background)
-    # FFT round-off can leave -1e-8 where the exact values are 0; the root needs e, S >= 0
+    # FFT round-off can leave -1e-8 where the exact value is 0; the root needs e >= 0
     e = (v * op.A_adjoint(ratio)).clamp_min_(0.0)
-    s = sensitivity.clamp_min(0.0)
     if precision <= 0.0:
-        return e / s.clamp_min(1e-12)
-    b = s - precision * anchor
+        return e / sensitivity.clamp_min(1e-12)
+    b = sensitivity - precision * anchor
     root = torch.sqrt(b * b + 4.0 * precision * e)
     # the two algebraically equal forms of the positive root, each free of cancellation
     # on its side of b = 0
@@ -224,11 +226,9 @@ class PoissonFlowSampler:
         op = model.operator
         like = model.counts
         shape = op.object_shape
-
-        def noise() -> torch.Tensor:
-            return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-
-        sensitivity = op.adjoint_of_ones()
+        noise = normal_noise(shape, like, generator)
+        # FFT round-off leaves ~-1e-8 where H^T 1 is exactly 0; clamp once, not per update
+        sensitivity = op.adjoint_of_ones().clamp_min_(0.0)
         if initial is None:
             flat = float((model.counts - model.background).clamp_min(0.0).mean().item())
             v = torch.full(shape, max(flat, 1e-3), device=like.device, dtype=like.dtype)
@@ -237,7 +237,7 @@ class PoissonFlowSampler:
         u1 = model.to_prior(v)
         window = prior_window(op)
         times = sampler_times(self.steps, self.t_start)
-        u_t = times[0] * u1 + (1.0 - times[0]) * noise()
+        u_t = interpolate(u1, noise(), times[0])
         for k, t in enumerate(times):
             last = k + 1 == len(times)
             # outside the window the anchor is the current estimate: no pull there
@@ -253,5 +253,4 @@ class PoissonFlowSampler:
             u1 = model.to_prior(v)
             yield u1
             if not last:
-                t_next = times[k + 1]
-                u_t = t_next * u1 + (1.0 - t_next) * noise()
+                u_t = interpolate(u1, noise(), times[k + 1])
