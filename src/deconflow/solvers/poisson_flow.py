@@ -41,6 +41,7 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
+from deconflow.physics.likelihoods import PoissonLikelihood
 from deconflow.priors.flow import interpolate
 from deconflow.solvers._schedule import (
     Denoiser,
@@ -131,7 +132,7 @@ class PoissonMeasurement:
     def negative_log_likelihood(self, v: torch.Tensor) -> float:
         """``sum(H v + c - z log(H v + c))`` (up to a constant)."""
         mean = self.operator.A(v) + self.background
-        return float(torch.sum(mean - self.counts * torch.log(mean)).item())
+        return float(PoissonLikelihood().value(self.counts, mean).item())
 
 
 def map_em_update(
