@@ -19,7 +19,6 @@ from scipy import ndimage
 import deconflow
 from _report import publish
 from deconflow import DeconflowWarning
-from deconflow.pipeline import _FIRST_ESTIMATE_ITERATIONS
 from deconflow.psf import widefield_psf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +59,8 @@ def main() -> None:
         f"{deconflow.DeconvolutionSettings().rl.iterations} accelerated iterations; flow: "
         f"{settings.samples} samples × {settings.steps} steps from t = {settings.t_start}, "
         f"sampler {settings.sampler!r}, {settings.em_iterations} EM iterations per data step, "
-        f"plus {_FIRST_ESTIMATE_ITERATIONS} RL iterations for the first estimate). "
+        "plus a first RL estimate with its iteration count chosen by cross-validation; "
+        "the notes say how many). "
         f"{platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads.",
         "",

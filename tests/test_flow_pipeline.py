@@ -41,6 +41,9 @@ def test_uncertainty_result_is_sharper_than_the_data_and_explains_it(stack):
     # deconvolution brings the estimate closer to the object than the blurred data are
     blurred_error = np.linalg.norm(image - BACKGROUND - truth)
     assert np.linalg.norm(out.mean - truth) < 0.7 * blurred_error
+    # the std is of the size of the error (the photon noise's part of it), not 100x smaller
+    rms_error = float(np.sqrt(np.mean((out.mean - truth) ** 2)))
+    assert 0.1 < float(np.sqrt(np.mean(out.std**2))) / rms_error < 1.5
     # the mean explains the measurement to within its noise: residual ~ N(0, 1)
     assert 0.6 < float(out.residual.std()) < 1.6
     assert abs(float(out.residual.mean())) < 0.3
@@ -85,3 +88,22 @@ def test_the_other_samplers_run_through_the_api(stack, sampler):
     )
     assert out.shape == image.shape and np.all(np.isfinite(out))
     assert np.corrcoef(out.ravel(), truth.ravel())[0, 1] > 0.5
+
+
+def test_first_estimate_is_cross_validated_unless_its_iterations_are_given(stack):
+    image, psf, truth = stack
+
+    def run(**extra):
+        settings = DeconvolutionSettings.from_options(
+            "flow", background=BACKGROUND, device="cpu", **{**FAST, "samples": 1, **extra}
+        )
+        return deconflow.pipeline.run_to_result(deconflow.iter_deconvolve(image, psf, settings))
+
+    auto = run()
+    (note,) = [n for n in auto.notes if n.startswith("first estimate")]
+    chosen = int(note.split()[2])
+    assert 1 <= chosen <= 80
+    given = run(first_iterations=1)
+    assert not any(n.startswith("first estimate") for n in given.notes)
+    # one RL iteration leaves the object far blurrier than the cross-validated count
+    assert np.linalg.norm(auto.image - truth) < np.linalg.norm(given.image - truth)

@@ -20,7 +20,13 @@ import torch
 from deconflow._device import resolve_device
 from deconflow._errors import DeconflowError
 from deconflow._execute import BlockOutput, classical_block_solver, run_plan
-from deconflow._flow_run import flow_block_solver, load_flow_prior, make_flow_context
+from deconflow._flow_run import (
+    calibrate_noise,
+    cross_validated_iterations,
+    flow_block_solver,
+    load_flow_prior,
+    make_flow_context,
+)
 from deconflow._progress import Progress, Stage
 from deconflow._types import VoxelSize
 from deconflow._validate import as_float_image, check_voxel_size
@@ -42,9 +48,6 @@ __all__ = [
     "iter_deconvolve",
     "run_to_result",
 ]
-
-#: RL iterations of the first estimate that the flow prior's normalisation is fitted on.
-_FIRST_ESTIMATE_ITERATIONS = 20
 
 
 @dataclass(frozen=True)
@@ -208,14 +211,32 @@ def iter_deconvolve(
     if plan.count > 1:
         notes.append(_tiling_note(plan, data.shape, psf_shape, settings, budget))
     if isinstance(settings.solver, FlowDeconvolution):
-        # a few RL iterations give the object-scale estimate the prior is normalised on
         prior = load_flow_prior(settings.solver, image_voxel, device)
-        first = RichardsonLucy(iterations=_FIRST_ESTIMATE_ITERATIONS)
+        noise = calibrate_noise(data, settings.solver)
+        notes.append(
+            f"camera noise: gain {noise.gain:.3g} ADU/photon, offset {noise.offset:.4g} ADU, "
+            f"read noise {noise.read_sigma:.3g} ADU"
+            + (" (estimated)" if settings.solver.gain is None else "")
+        )
+        # the first estimate (the flow's starting point and the prior's intensity scale)
+        # is RL on shifted-Poisson photon counts, stopped where held-out photons say
+        counts = noise.shifted_counts(torch.from_numpy(data)).numpy()
+        level = noise.shifted_background(background)
+        iterations = settings.solver.first_iterations
+        if iterations is None:
+            yield Progress("estimate", 0, 1, "choosing the RL iteration count (cross-validation)")
+            iterations = cross_validated_iterations(counts, prepared.data, level, device)
+            notes.append(
+                f"first estimate: {iterations} RL iterations, chosen by cross-validation "
+                "on held-out photons"
+            )
         estimate = yield from _relabel(
             run_plan(
-                data,
+                counts,
                 plan,
-                classical_block_solver(prepared.data, first, device, background, "rl"),
+                classical_block_solver(
+                    prepared.data, RichardsonLucy(iterations), device, level, "rl"
+                ),
                 device,
                 notes,
                 psf_shape=psf_shape,
@@ -223,12 +244,9 @@ def iter_deconvolve(
             ),
             "estimate",
         )
-        context = make_flow_context(data, estimate.mean, settings.solver, prior)
-        notes.append(
-            f"camera noise: gain {context.noise.gain:.3g} ADU/photon, offset "
-            f"{context.noise.offset:.4g} ADU, read noise {context.noise.read_sigma:.3g} ADU"
-            + (" (estimated)" if settings.solver.gain is None else "")
-        )
+        # photons -> the image's units above the background
+        first = estimate.mean * np.float32(noise.gain)
+        context = make_flow_context(first, iterations, noise, settings.solver, prior)
         solve = flow_block_solver(context, prepared.data, device, background)
     else:
         solver = _solver_for_run(settings, data, background, image_voxel)

@@ -44,3 +44,18 @@ def test_invalid_parameters():
         GaussianLikelihood(sigma=0.0)
     with pytest.raises(DeconflowError, match="floor"):
         PoissonLikelihood(floor=0.0)
+
+
+def test_poisson_deviance_is_twice_the_likelihood_ratio_and_about_one_per_voxel():
+    lik = PoissonLikelihood()
+    rng = np.random.default_rng(1)
+    mu = torch.full((20000,), 30.0, dtype=torch.float64)
+    y = torch.tensor(rng.poisson(30.0, mu.shape).astype(float))
+    # definition: 2 (NLL(mu) - NLL(y)), the saturated model's NLL being that at mu = y
+    expected = 2.0 * (lik.value(y, mu) - lik.value(y, y))
+    np.testing.assert_allclose(lik.deviance(y, mu).item(), expected.item(), rtol=1e-9)
+    assert lik.deviance(y, y).item() == pytest.approx(0.0, abs=1e-9)
+    # at the true mean each voxel contributes ~1 (chi-square with one degree of freedom)
+    assert lik.deviance(y, mu).item() / y.numel() == pytest.approx(1.0, abs=0.05)
+    # zero counts contribute 2 mu, not NaN
+    assert lik.deviance(torch.tensor([0.0]), torch.tensor([2.0])).item() == pytest.approx(4.0)

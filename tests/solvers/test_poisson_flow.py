@@ -9,6 +9,7 @@ from tests.conftest import gaussian_psf
 
 from deconflow import DeconflowError
 from deconflow.physics import ConvolutionOperator
+from deconflow.physics.noise import CameraNoise
 from deconflow.solvers.flow import posterior_variance
 from deconflow.solvers.poisson_flow import (
     PoissonFlowSampler,
@@ -119,15 +120,47 @@ def test_strong_prior_returns_the_prior_and_weak_prior_follows_the_data():
     s = op.adjoint_of_ones()
     for _ in range(100):
         v = map_em_update(model, v, s, v, 0.0)
-    z = model.counts
-
-    def deviance(x):  # 0 for a perfect fit; ~ number of voxels for a fit at the noise level
-        return 2 * (model.negative_log_likelihood(x) - float((z - torch.xlogy(z, z)).sum()))
-
+    n = model.counts.numel()
     # the far corners of the margin, which barely reach the data, may differ; the fit may not
-    assert deviance(model.to_photons(u)) == pytest.approx(deviance(v), rel=0.02)
-    assert deviance(v) < 1.5 * z.numel()
-    assert deviance(torch.full_like(v, float(v.mean()))) > 3 * z.numel()
+    # (deviance: 0 for a perfect fit, ~ one per voxel for a fit at the noise level)
+    assert model.deviance(model.to_photons(u)) == pytest.approx(model.deviance(v), rel=0.02)
+    assert model.deviance(v) < 1.5 * n
+    assert model.deviance(torch.full_like(v, float(v.mean()))) > 3 * n
+
+
+def test_em_stops_at_the_initial_estimates_fit_unless_told_not_to(monkeypatch):
+    import deconflow.solvers.poisson_flow as module
+
+    model, truth = _blurred_counts(seed=6)
+    op = model.operator
+    # an initial estimate that fits the data loosely: 3 RL iterations from flat
+    v = torch.full_like(truth, float((model.counts - model.background).mean()))
+    s = op.adjoint_of_ones()
+    for _ in range(3):
+        v = map_em_update(model, v, s, v, 0.0)
+    updates = []
+
+    def counting_update(*args, **kwargs):
+        updates.append(1)
+        return map_em_update(*args, **kwargs)
+
+    monkeypatch.setattr(module, "map_em_update", counting_update)
+
+    def run(stop):
+        updates.clear()
+        sampler = PoissonFlowSampler(
+            steps=3, prior_weight=1e-9, em_iterations=6, perturb=False, stop_at_initial_fit=stop
+        )
+        generator = torch.Generator().manual_seed(0)
+        *_, u = sampler.iterate(model, ConstantPrior(0.0), generator, initial=model.to_prior(v))
+        return model.deviance(model.to_photons(u)), len(updates)
+
+    fit_stopped, count_stopped = run(True)
+    fit_free, count_free = run(False)
+    # with a negligible prior every update fits closer than the start: one update per step
+    assert count_stopped == 3 and count_free == 18
+    assert fit_stopped <= model.deviance(v)
+    assert fit_free < fit_stopped
 
 
 def test_prior_runs_on_the_measured_window_plus_context_only():
@@ -166,9 +199,7 @@ def test_from_camera_converts_adu_to_photons():
         op,
         image,
         104.0,
-        gain=2.0,
-        camera_offset=100.0,
-        read_sigma=3.0,
+        CameraNoise(gain=2.0, offset=100.0, read_sigma=3.0),
         scale_adu=50.0,
         offset_adu=4.0,
     )

@@ -44,6 +44,15 @@ class PoissonLikelihood:
         """Return ``1 - y / mu``, the derivative of :meth:`value` with respect to ``mu``."""
         return 1.0 - y / mu.clamp_min(self.floor)
 
+    def deviance(self, y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Return ``2 sum(mu - y + y log(y / mu))``, twice the log-likelihood ratio to ``mu = y``.
+
+        It is 0 when ``mu == y`` and about one per voxel when ``mu`` is the true mean
+        (for counts above a few photons), so it measures how closely ``mu`` fits the noise.
+        """
+        mu_safe = mu.clamp_min(self.floor)
+        return 2.0 * torch.sum(mu_safe - y + torch.xlogy(y, y / mu_safe))
+
 
 @dataclass(frozen=True)
 class GaussianLikelihood:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 __all__ = ["CameraNoise", "estimate_background", "estimate_camera_noise", "estimate_noise_sigma"]
@@ -126,6 +127,32 @@ class CameraNoise:
     def to_photons(self, image: np.ndarray) -> np.ndarray:
         """Convert ADU to photon counts: ``(y - offset) / gain``."""
         return (np.asarray(image, dtype=np.float64) - self.offset) / self.gain
+
+    @property
+    def read_variance_photons(self) -> float:
+        """Read-noise variance in photons squared, ``(read_sigma / gain)^2``."""
+        return (self.read_sigma / self.gain) ** 2
+
+    def shifted_counts(self, image: torch.Tensor) -> torch.Tensor:
+        """Shifted-Poisson photon counts ``z = (y - offset) / gain + (read_sigma / gain)^2``, >= 0.
+
+        Poisson photons plus Gaussian read noise have mean ``mu + r`` and variance
+        ``mu + r`` in these units (``r`` the read variance), so ``z ~ Poisson(mu + r)``
+        to a good approximation (Snyder et al., JOSA A 10, 1993). Richardson–Lucy and
+        the flow's EM data step use it; treating the raw ADU as Poisson instead gives
+        the camera offset the weight of hundreds of photons.
+        """
+        return ((image - self.offset) / self.gain + self.read_variance_photons).clamp_min(0.0)
+
+    def shifted_background(self, background: float) -> float:
+        """Convert a background in ADU to shifted-Poisson photons (:meth:`shifted_counts`), > 0.
+
+        A background below the offset (a user's guess, or a dark corner) still leaves
+        the read-noise variance, which keeps the model mean ``H x + c`` positive.
+        """
+        return max((background - self.offset) / self.gain, 0.0) + max(
+            self.read_variance_photons, 1e-3
+        )
 
 
 def estimate_camera_noise(

@@ -289,6 +289,10 @@ class FlowDeconvolution:
         Time the samplers start at. Above 0 they start from the first (RL)
         estimate re-noised to ``t_start`` instead of from pure noise, which
         needs fewer network evaluations.
+    first_iterations : int or None
+        Richardson–Lucy iterations (on shifted-Poisson photon counts) of the first
+        estimate; ``None`` chooses them by cross-validation on held-out photons
+        (:class:`~deconflow.solvers.stopping.CrossValidatedStop`).
     weights : str or None
         Prior weights file; ``None`` uses the weights shipped with deconflow.
     seed : int or None
@@ -309,6 +313,7 @@ class FlowDeconvolution:
     cg_iterations: int = 8
     step_size: float = 1.0
     t_start: float = 0.7
+    first_iterations: int | None = None
     weights: str | None = None
     seed: int | None = 0
     gain: float | None = None
@@ -323,6 +328,11 @@ class FlowDeconvolution:
             )
         if self.samples < 1:
             raise DeconflowError(f"samples must be >= 1, got {self.samples}.")
+        if self.first_iterations is not None and self.first_iterations < 1:
+            raise DeconflowError(
+                "first_iterations must be >= 1 (or None to choose it by cross-validation), "
+                f"got {self.first_iterations}."
+            )
         for name in ("gain", "read_sigma"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -1,0 +1,157 @@
+"""When to stop fitting the data: cross-validation on thinned photon counts.
+
+Richardson–Lucy-type iterations first recover structure, then start fitting the
+noise; the best iteration depends on the photon count, the PSF and the object, and
+a fixed number can be off by 2–3 dB either way (measured on the issue-7 benchmark:
+the best count ranged from 5 to 67). The data themselves can tell, because Poisson
+counts split exactly: if ``z ~ Poisson(mu)``, drawing ``z1 ~ Binomial(z, p)`` gives
+``z1 ~ Poisson(p mu)`` and ``z2 = z - z1 ~ Poisson((1 - p) mu)``, **independent** of
+each other. Iterating on ``z1`` and scoring each iterate by how well it predicts
+``z2`` (its Poisson negative log-likelihood) picks the iteration that generalises,
+with no ground truth and no noise-level threshold. A discrepancy-principle stop
+(deviance per voxel < 1), by contrast, cost sparse beads 2.4 dB on the same benchmark.
+
+Counts must be integers for the binomial split; shifted-Poisson counts (photons plus
+the read-noise variance) are rounded first, which changes their variance by 1/12 of a
+photon squared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deconflow._errors import DeconflowError
+from deconflow.physics.blur import ConvolutionOperator
+from deconflow.physics.likelihoods import PoissonLikelihood
+from deconflow.solvers.richardson_lucy import RichardsonLucy
+
+__all__ = ["CrossValidatedStop", "split_counts"]
+
+
+def split_counts(
+    counts: np.ndarray, keep: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split photon counts into two independent Poisson images (binomial thinning).
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        Photon counts ``z >= 0``; rounded to integers.
+    keep : float
+        Share ``p`` in (0, 1) of the expected counts that goes to the first image.
+    rng : numpy.random.Generator
+        Source of the split.
+
+    Returns
+    -------
+    kept, held_out : numpy.ndarray
+        float32 images with ``kept + held_out == round(counts)``; for
+        ``z ~ Poisson(mu)`` they are independent ``Poisson(p mu)`` and
+        ``Poisson((1 - p) mu)``.
+    """
+    if not 0.0 < keep < 1.0:
+        raise DeconflowError(f"keep must be in (0, 1), got {keep}.")
+    whole = np.rint(np.clip(counts, 0.0, None)).astype(np.int64)
+    kept = rng.binomial(whole, keep)
+    return kept.astype(np.float32), (whole - kept).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CrossValidatedStop:
+    """Choose a Richardson–Lucy iteration count by K-fold hold-out of photon counts.
+
+    Each fold keeps a random ``1 - holdout`` of the photons, runs RL on them and
+    scores every iterate ``x_k`` by the Poisson negative log-likelihood of the held-out
+    photons under ``holdout / (1 - holdout) * (H x_k + keep * c)``. The curves of all
+    folds are summed and the iteration at their minimum is the answer. A fold stops
+    ``patience`` iterations after its last improvement.
+
+    Why these defaults, measured on the 27 cases of ``benchmarks/bench_flow_quality.py``
+    (RL on photon counts, against RL stopped at its truly best iteration): holding out
+    20 % in 3 folds lost 0.25 dB on average (worst case 1.8 dB, sparse beads under
+    a confocal PSF at 1000 photons, where it stops early); 10 % lost 0.29 dB (worst
+    1.4 dB); 50 % in 2 folds lost 0.31 dB (worst 2.3 dB). The best count itself ranged
+    from 5 to 67 iterations over those cases.
+
+    Parameters
+    ----------
+    holdout : float
+        Share of the photons held out per fold, in (0, 1).
+    folds : int
+        Number of random splits.
+    max_iterations : int
+        Largest count considered.
+    patience : int
+        Iterations without a new minimum after which a fold stops.
+    accelerate : bool
+        Count accelerated (Biggs–Andrews) iterations, as :class:`RichardsonLucy` runs them.
+    seed : int
+        Seed of the splits (the choice is reproducible).
+    """
+
+    holdout: float = 0.2
+    folds: int = 3
+    max_iterations: int = 80
+    patience: int = 10
+    accelerate: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout < 1.0:
+            raise DeconflowError(f"holdout must be in (0, 1), got {self.holdout}.")
+        for name in ("folds", "max_iterations", "patience"):
+            if getattr(self, name) < 1:
+                raise DeconflowError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    def holdout_curve(
+        self, counts: torch.Tensor, operator: ConvolutionOperator, background: float
+    ) -> np.ndarray:
+        """Held-out negative log-likelihood summed over folds, per iteration (1, 2, ...).
+
+        Parameters
+        ----------
+        counts : torch.Tensor
+            Photon counts, shape ``operator.image_shape``.
+        operator : ConvolutionOperator
+            Forward model ``H``.
+        background : float
+            Background ``c > 0`` in photons.
+
+        Returns
+        -------
+        numpy.ndarray
+            One value per iteration, as long as the shortest fold ran.
+        """
+        if not background > 0:
+            raise DeconflowError(f"background must be > 0 photons, got {background}.")
+        keep = 1.0 - self.holdout
+        rng = np.random.default_rng(self.seed)
+        likelihood = PoissonLikelihood()
+        whole = counts.detach().cpu().numpy()
+        curves: list[list[float]] = []
+        for _ in range(self.folds):
+            kept_np, held_np = split_counts(whole, keep, rng)
+            kept = torch.from_numpy(kept_np).to(counts.device)
+            held = torch.from_numpy(held_np).to(counts.device)
+            solver = RichardsonLucy(self.max_iterations, accelerate=self.accelerate)
+            curve: list[float] = []
+            best, since = np.inf, 0
+            for x in solver.iterate(kept, operator, keep * background):
+                predicted = (operator.A(x) + keep * background) * (self.holdout / keep)
+                value = float(likelihood.value(held, predicted).item())
+                curve.append(value)
+                best, since = (value, 0) if value < best else (best, since + 1)
+                if since >= self.patience:
+                    break
+            curves.append(curve)
+        length = min(len(curve) for curve in curves)
+        return np.sum([curve[:length] for curve in curves], axis=0)
+
+    def iterations(
+        self, counts: torch.Tensor, operator: ConvolutionOperator, background: float
+    ) -> int:
+        """Return the chosen iteration count (>= 1); arguments as :meth:`holdout_curve`."""
+        return int(np.argmin(self.holdout_curve(counts, operator, background))) + 1
