@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from deconflow.io import TiffImage, read_tiff
 
@@ -13,6 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
 # CI clones the repository next to a read-only copy of shared/ (as in the developers' checkout)
 SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+
+
+def random_beads(
+    shape: tuple[int, ...],
+    count: int,
+    width: float | tuple[float, ...],
+    rng: np.random.Generator,
+    margin: int = 0,
+) -> np.ndarray:
+    """``count`` unit points at random voxels (``margin`` from each face), Gaussian-blurred."""
+    points = np.zeros(shape)
+    points[tuple(rng.integers(margin, n - margin, count) for n in shape)] = 1.0
+    return ndimage.gaussian_filter(points, width)
 
 
 def gaussian_psf(shape: tuple[int, ...], sigma: tuple[float, ...]) -> np.ndarray:

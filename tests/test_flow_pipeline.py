@@ -8,7 +8,7 @@ from scipy import ndimage
 import deconflow
 from deconflow import DeconvolutionSettings, Progress
 from deconflow.physics import ConvolutionOperator
-from tests.conftest import gaussian_psf
+from tests.conftest import gaussian_psf, random_beads
 
 OFFSET, BACKGROUND = 100.0, 104.0
 FAST = {"steps": 2, "em_iterations": 3, "gain": 1.0, "camera_offset": OFFSET, "read_sigma": 1.0}
@@ -20,10 +20,10 @@ def stack():
     rng = np.random.default_rng(0)
     psf = gaussian_psf((7, 9, 9), (1.2, 1.5, 1.5))
     op = ConvolutionOperator(psf, (12, 40, 40), dtype=torch.float64)
-    truth = np.zeros(op.object_shape)
-    truth[tuple(rng.integers(0, n, 40) for n in op.object_shape)] = 1.0
-    truth[op.object_shape[0] // 2, op.object_shape[1] // 2, :] = 0.5
-    truth = ndimage.gaussian_filter(truth, 0.7) * 3000.0
+    filament = np.zeros(op.object_shape)
+    filament[op.object_shape[0] // 2, op.object_shape[1] // 2, :] = 0.5
+    beads = random_beads(op.object_shape, 40, 0.7, rng)
+    truth = (beads + ndimage.gaussian_filter(filament, 0.7)) * 3000.0
     image = rng.poisson(op.A(torch.tensor(truth)).numpy() + BACKGROUND - OFFSET) + OFFSET
     return image.astype(np.float32), psf, op.crop_to_image(torch.tensor(truth)).numpy()
 

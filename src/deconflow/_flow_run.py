@@ -52,12 +52,26 @@ def load_flow_prior(
     return prior.for_voxel_size(voxel_size_um) if voxel_size_um is not None else prior
 
 
-def calibrate_noise(data: np.ndarray, settings: FlowDeconvolution) -> CameraNoise:
-    """Return the camera's noise model: the settings' values, the rest estimated from ``data``."""
+#: Largest central window (z, y, x) the camera noise is estimated on.
+_NOISE_WINDOW = (64, 512, 512)
+
+
+def calibrate_noise(data: np.ndarray, psf: np.ndarray, settings: FlowDeconvolution) -> CameraNoise:
+    """Return the camera's noise model: the settings' values, the rest estimated from ``data``.
+
+    The PSF (sampled like ``data``) lets the estimate read the noise at the frequencies
+    the optics do not pass (:func:`~deconflow.physics.noise.estimate_camera_noise`).
+    """
     gain, offset, read_sigma = settings.gain, settings.camera_offset, settings.read_sigma
     if gain is not None and offset is not None and read_sigma is not None:
         return CameraNoise(gain, offset, read_sigma)
-    estimated = estimate_camera_noise(data, offset=settings.camera_offset)
+    # the noise model is global: a central window keeps the estimate's float64 FFTs
+    # (several copies of the padded stack) bounded on large stacks
+    window = tuple(
+        slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + m)
+        for n, m in zip(data.shape, _NOISE_WINDOW[-data.ndim :], strict=True)
+    )
+    estimated = estimate_camera_noise(data[window], offset=settings.camera_offset, psf=psf)
     return CameraNoise(
         gain=settings.gain if settings.gain is not None else estimated.gain,
         offset=estimated.offset,  # the given offset when there is one

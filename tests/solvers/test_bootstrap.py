@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from tests.conftest import gaussian_psf
+from tests.conftest import gaussian_psf, random_beads
 
 from deconflow import DeconflowError
 from deconflow.physics import ConvolutionOperator
@@ -19,9 +18,7 @@ def blurred():
     rng = np.random.default_rng(0)
     psf = gaussian_psf((7, 9, 9), (1.2, 1.5, 1.5))
     op = ConvolutionOperator(psf, (8, 32, 32), dtype=torch.float64)
-    points = np.zeros(op.object_shape)
-    points[tuple(rng.integers(0, n, 60) for n in op.object_shape)] = 1.0
-    truth = torch.tensor(ndimage.gaussian_filter(points, 0.8) * 2000.0)
+    truth = torch.tensor(random_beads(op.object_shape, 60, 0.8, rng) * 2000.0)
     return op, op.A(truth) + BACKGROUND
 
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from tests.conftest import gaussian_psf
+from tests.conftest import gaussian_psf, random_beads
 
 from deconflow import DeconflowError
 from deconflow.physics import ConvolutionOperator
@@ -34,10 +33,8 @@ def test_split_halves_are_independent_poisson():
 
 def _blurred_beads(photons: float, seed: int = 0):
     rng = np.random.default_rng(seed)
-    points = np.zeros((10, 32, 32), np.float32)
-    idx = tuple(rng.integers(2, n - 2, 40) for n in points.shape)
-    points[idx] = 1.0
-    truth = ndimage.gaussian_filter(points, (0.6, 1.0, 1.0))  # beads of about 2 voxels
+    # beads of about 2 voxels
+    truth = random_beads((10, 32, 32), 40, (0.6, 1.0, 1.0), rng, margin=2).astype(np.float32)
     psf = gaussian_psf((9, 11, 11), (1.6, 1.3, 1.3))
     op = ConvolutionOperator(psf, truth.shape, dtype=torch.float32)
     mean = op.A(op.extend_image(torch.from_numpy(truth))).numpy()
