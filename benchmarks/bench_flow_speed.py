@@ -57,7 +57,7 @@ def main() -> None:
         "",
         f"uint16 stack {shape}, widefield PSF (21, 31, 31); defaults (RL: "
         f"{deconflow.DeconvolutionSettings().rl.iterations} accelerated iterations; flow: "
-        f"{settings.samples} samples × {settings.steps} steps from t = {settings.t_start}, "
+        f"{settings.samples} sample(s) × {settings.steps} steps from t = {settings.t_start}, "
         f"sampler {settings.sampler!r}, {settings.em_iterations} EM iterations per data step, "
         "plus a first RL estimate with its iteration count chosen by cross-validation; "
         "the notes say how many). "

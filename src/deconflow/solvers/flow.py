@@ -306,7 +306,7 @@ class FlowDeconvolution:
 
     sampler: str = "poisson"
     steps: int = 3
-    samples: int = 2
+    samples: int = 1
     prior_weight: float = 0.03
     data_variance: float = 0.05
     em_iterations: int = 7
