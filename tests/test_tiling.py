@@ -122,3 +122,32 @@ def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monk
     monkeypatch.setattr(pipeline, "classical_block_solver", always_factory)
     with pytest.raises(DeconflowError, match="Out of cpu memory"):
         run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
+
+
+@pytest.mark.slow
+def test_flow_memory_estimate_covers_its_measured_peak():
+    """The planner must not under-plan the flow: its network's activations dominate."""
+    import threading
+    import time
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    shape, psf = (32, 96, 96), gaussian_psf((15, 21, 21), (2.0, 2.0, 2.0))
+    image = (100 + np.random.default_rng(0).poisson(5.0, shape)).astype(np.float32)
+    # warm up the allocator and the network once, then measure a second run
+    deconflow.deconvolve(image, psf, method="flow", background=100.0, device="cpu")
+    base, peak, done = rss(), [rss()], threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    deconflow.deconvolve(image, psf, method="flow", background=100.0, device="cpu")
+    done.set()
+    watcher.join()
+    assert peak[0] - base <= estimate_bytes(shape, psf.shape, "flow")

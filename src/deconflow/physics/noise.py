@@ -50,7 +50,8 @@ def _out_of_band_power(arr: np.ndarray, psf: np.ndarray) -> np.ndarray | None:
     share = float((keep * twice).sum() / padded.size)
     if share < 0.05:
         return None
-    passed = np.fft.irfftn(np.fft.rfftn(padded - padded.mean()) * keep, s=padded.shape)
+    axes = tuple(range(arr.ndim))
+    passed = np.fft.irfftn(np.fft.rfftn(padded - padded.mean()) * keep, s=padded.shape, axes=axes)
     return passed[(slice(pad, -pad),) * arr.ndim] ** 2 / share
 
 
