@@ -141,7 +141,9 @@ class CrossValidatedStop:
             best, since = np.inf, 0
             for x in solver.iterate(kept, operator, keep * background):
                 predicted = (operator.A(x) + keep * background) * (self.holdout / keep)
-                value = float(likelihood.value(held, predicted).item())
+                # float64: near the minimum the curve moves by less than a float32 sum's
+                # rounding over millions of voxels
+                value = float(likelihood.value(held.double(), predicted.double()).item())
                 curve.append(value)
                 best, since = (value, 0) if value < best else (best, since + 1)
                 if since >= self.patience:
