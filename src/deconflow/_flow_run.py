@@ -71,11 +71,11 @@ def calibrate_noise(data: np.ndarray, psf: np.ndarray, settings: FlowDeconvoluti
         slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + m)
         for n, m in zip(data.shape, _NOISE_WINDOW[-data.ndim :], strict=True)
     )
-    estimated = estimate_camera_noise(data[window], offset=settings.camera_offset, psf=psf)
+    estimated = estimate_camera_noise(data[window], offset=offset, psf=psf)
     return CameraNoise(
-        gain=settings.gain if settings.gain is not None else estimated.gain,
+        gain=gain if gain is not None else estimated.gain,
         offset=estimated.offset,  # the given offset when there is one
-        read_sigma=settings.read_sigma if settings.read_sigma is not None else estimated.read_sigma,
+        read_sigma=read_sigma if read_sigma is not None else estimated.read_sigma,
     )
 
 

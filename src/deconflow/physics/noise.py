@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from deconflow.physics.blur import ConvolutionOperator
+
 __all__ = ["CameraNoise", "estimate_background", "estimate_camera_noise", "estimate_noise_sigma"]
 
 #: Share (percent) of voxels with the darkest neighbourhoods that define the background.
@@ -34,15 +36,18 @@ def _out_of_band_power(arr: np.ndarray, psf: np.ndarray) -> np.ndarray | None:
     """
     pad = _OUT_OF_BAND_PAD
     padded = np.pad(arr, pad, mode="reflect")
-    kernel = np.zeros(padded.shape)
+    # the periodic operator on the padded grid puts the PSF's centre at the origin
     crop = tuple(
         slice((k - min(k, n)) // 2, (k - min(k, n)) // 2 + min(k, n))
         for k, n in zip(psf.shape, padded.shape, strict=True)
     )
-    centred = np.asarray(psf, dtype=np.float64)[crop]
-    kernel[tuple(slice(0, n) for n in centred.shape)] = centred
-    kernel = np.roll(kernel, [-(n // 2) for n in centred.shape], axis=tuple(range(arr.ndim)))
-    otf = np.abs(np.fft.rfftn(kernel))
+    operator = ConvolutionOperator(
+        np.asarray(psf, dtype=np.float64)[crop],
+        padded.shape,
+        boundary="periodic",
+        dtype=torch.float64,
+    )
+    otf = operator.otf.abs().numpy()
     keep = otf < _OUT_OF_BAND_OTF * otf.max()
     # share of the full (two-sided) spectrum: rfft's inner last-axis bins stand for two
     twice = np.ones(keep.shape[-1])
@@ -251,23 +256,24 @@ def estimate_camera_noise(
     residual = _in_plane_residual(arr).ravel()
     values = core.ravel()
     power = None if psf is None else _out_of_band_power(arr, psf)
+    centres, variances, counts = [], [], []
     if power is not None:
         # the out-of-band power holds no signal: no flatness selection needed, and a
         # plain Gaussian mean tracks sharp peaks better than the hollow one
         smooth = ndimage.gaussian_filter(arr, (*in_plane, 2.0, 2.0))[interior].ravel()
-        centres, variances, counts = _binned_means(smooth, smooth, power[interior].ravel(), bins)
+        noise_power = power[interior].ravel()
+        for selected in _quantile_bins(smooth, bins):
+            centres.append(float(smooth[selected].mean()))
+            variances.append(float(noise_power[selected].mean()))
+            counts.append(int(selected.sum()))
     else:
         flat_sigma = (0.0,) * (arr.ndim - 2) + (2.5, 2.5)
         curvature = np.abs(ndimage.gaussian_laplace(arr, sigma=flat_sigma))[interior].ravel()
-        squared = np.full(values.shape, np.nan)
-        edges = np.unique(np.quantile(hollow, np.linspace(0.0, 0.98, bins + 1)))
-        which = np.digitize(hollow, edges[1:-1])
-        for b in range(len(edges) - 1):
-            selected = which == b
-            if int(selected.sum()) >= 50:
-                flat = selected & (curvature <= np.quantile(curvature[selected], 0.8))
-                squared[flat] = (residual[flat] - residual[flat].mean()) ** 2 / 1.25
-        centres, variances, counts = _binned_means(hollow, values, squared, bins)
+        for selected in _quantile_bins(hollow, bins):
+            flat = curvature[selected] <= np.quantile(curvature[selected], 0.8)
+            centres.append(float(values[selected].mean()))
+            variances.append(float(np.var(residual[selected][flat]) / 1.25))
+            counts.append(int(selected.sum()))
     dark = hollow <= np.quantile(hollow, 0.05)
     dark_variance = float(np.var(residual[dark]) / 1.25)
     dark_level = float(values[dark].mean())
@@ -281,24 +287,9 @@ def estimate_camera_noise(
     return CameraNoise(gain=gain, offset=camera_offset, read_sigma=float(np.sqrt(read_variance)))
 
 
-def _binned_means(
-    grouping: np.ndarray, levels: np.ndarray, squared: np.ndarray, bins: int
-) -> tuple[list[float], list[float], list[int]]:
-    """Mean level and mean squared noise per quantile bin of ``grouping`` (NaN: left out).
-
-    Bins of fewer than 50 voxels are dropped; returns centres, variances and counts.
-    """
+def _quantile_bins(grouping: np.ndarray, bins: int) -> list[np.ndarray]:
+    """Masks of the quantile bins of ``grouping`` with >= 50 voxels (the top 2 % join the last)."""
     edges = np.unique(np.quantile(grouping, np.linspace(0.0, 0.98, bins + 1)))
     which = np.digitize(grouping, edges[1:-1])
-    centres: list[float] = []
-    variances: list[float] = []
-    counts: list[int] = []
-    for b in range(len(edges) - 1):
-        selected = which == b
-        if int(selected.sum()) < 50:
-            continue
-        used = selected & ~np.isnan(squared)
-        centres.append(float(levels[selected].mean()))
-        variances.append(float(squared[used].mean()))
-        counts.append(int(selected.sum()))
-    return centres, variances, counts
+    masks = (which == b for b in range(len(edges) - 1))
+    return [selected for selected in masks if int(selected.sum()) >= 50]
