@@ -187,7 +187,7 @@ def main() -> None:
                 operator = ConvolutionOperator(psf, image.shape)
                 counts_t = torch.from_numpy(counts)
                 chosen = CrossValidatedStop().iterations(counts_t, operator, level)
-                *_, x = RichardsonLucy(chosen).iterate(counts_t, operator, level)
+                x = RichardsonLucy(chosen)(counts_t, operator, level)
                 row["rl_cv"] = (*scores(operator.crop_to_image(x).numpy(), gt), chosen)
                 best_tv = max(
                     (oracle_rl(image, psf, gt, background, 40, w) for w in (0.0005, 0.002, 0.008)),

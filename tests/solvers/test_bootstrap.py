@@ -23,8 +23,7 @@ def blurred():
 
 
 def _rl(op, counts, iterations=8):
-    *_, estimate = RichardsonLucy(iterations).iterate(counts, op, BACKGROUND)
-    return estimate
+    return RichardsonLucy(iterations)(counts, op, BACKGROUND)
 
 
 def test_spread_matches_the_estimators_noise_over_fresh_measurements(blurred):

@@ -1,4 +1,4 @@
-"""What every flow sampler shares: the prior protocol, the time grid, the Gaussian error model."""
+"""What the flow samplers share: the prior protocol, the time grid, the error model, checks."""
 
 from __future__ import annotations
 

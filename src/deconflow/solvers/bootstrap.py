@@ -62,7 +62,7 @@ def bootstrap_std(
     squares = torch.zeros_like(mean)
     for number in range(1, replicates + 1):
         redrawn = torch.poisson(counts.clamp_min(0.0), generator=generator)
-        *_, estimate = solver.iterate(redrawn, operator, background)
+        estimate = solver(redrawn, operator, background)
         delta = estimate - mean
         mean += delta / number
         squares += delta * (estimate - mean)

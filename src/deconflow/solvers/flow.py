@@ -235,8 +235,7 @@ class PnPFlowSampler:
 
     def __post_init__(self) -> None:
         check_schedule(self.steps, self.t_start)
-        if not self.step_size > 0:
-            raise DeconflowError(f"step_size must be > 0, got {self.step_size}.")
+        check_positive(step_size=self.step_size)
 
     def iterate(
         self,

@@ -26,6 +26,7 @@ import torch
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
 from deconflow.physics.likelihoods import PoissonLikelihood
+from deconflow.solvers._schedule import check_at_least_one
 from deconflow.solvers.richardson_lucy import RichardsonLucy
 
 __all__ = ["CrossValidatedStop", "split_counts"]
@@ -102,9 +103,9 @@ class CrossValidatedStop:
     def __post_init__(self) -> None:
         if not 0.0 < self.holdout < 1.0:
             raise DeconflowError(f"holdout must be in (0, 1), got {self.holdout}.")
-        for name in ("folds", "max_iterations", "patience"):
-            if getattr(self, name) < 1:
-                raise DeconflowError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        check_at_least_one(
+            folds=self.folds, max_iterations=self.max_iterations, patience=self.patience
+        )
 
     def holdout_curve(
         self, counts: torch.Tensor, operator: ConvolutionOperator, background: float
