@@ -48,7 +48,7 @@ def load_flow_prior(
     settings: FlowDeconvolution, voxel_size_um: tuple[float, ...] | None, device: torch.device
 ) -> FlowPrior:
     """Load the prior (before any heavy work, so a bad weights file fails at once)."""
-    prior = load_prior(settings.weights, device=device)
+    prior = load_prior(settings.weights, device=device, precision=settings.precision)
     return prior.for_voxel_size(voxel_size_um) if voxel_size_um is not None else prior
 
 

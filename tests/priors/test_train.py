@@ -114,12 +114,15 @@ def test_cli_registers_train_and_runs(tmp_path):
             "0",
             "--threads",
             "1",
+            "--precision",
+            "float32",
             "-q",
         ]
     )
     assert code == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["command"].startswith("python -m deconflow.priors._cli train --out")
+    assert card["training"]["precision"] == "float32" and card["autocast"] == "off (float32)"
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):

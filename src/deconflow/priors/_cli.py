@@ -32,6 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init=args.init,
         plane_every=args.plane_every,
         device=args.device or "auto",
+        precision=args.precision,
         threads=args.threads,
         max_minutes=args.max_minutes,
         checkpoint_every=args.checkpoint_every,
@@ -107,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the .ckpt.pt beside --out")
     p.add_argument("--note", default="", help="free text stored in the model card")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="forward-pass precision: auto (default) uses bfloat16 where the GPU or CPU "
+        "runs it natively (2-3x faster), else float32",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     p.set_defaults(handler=_cmd_train, command_line="")

@@ -80,6 +80,11 @@ class FlowPrior:
         z step over pixel size of the volumes this prior will see (1 for 2D).
     card : dict
         Model card of the weights (provenance), possibly empty.
+    compute_dtype : torch.dtype
+        ``torch.float32``, or ``torch.bfloat16`` to run the network under bfloat16
+        autocast (2-3x faster where the hardware supports it, outputs within ~0.3 % of
+        float32; see :func:`~deconflow._device.resolve_precision`). Inputs and outputs keep
+        their own dtype either way.
 
     Notes
     -----
@@ -92,8 +97,11 @@ class FlowPrior:
     network: VelocityUNet
     voxel_aspect: float = 1.0
     card: dict[str, object] = field(default_factory=dict)
+    compute_dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
+        if self.compute_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype}")
         self.network.eval()
         self.network.requires_grad_(False)
 
@@ -133,9 +141,17 @@ class FlowPrior:
             The velocity, in ``x_t``'s shape and dtype.
         """
         spatial = x_t.ndim in (2, 3)
-        x = x_t[None, None] if spatial else x_t
-        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            v = self.network(x.float(), t, self.voxel_aspect).to(x_t.dtype)
+        x = (x_t[None, None] if spatial else x_t).float()
+        low = self.compute_dtype == torch.bfloat16
+        if low and x.device.type == "cpu" and x.ndim == 5:
+            # oneDNN's bfloat16 convolutions are ~1.4x faster channels-last
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad),
+            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low),
+        ):
+            v = self.network(x, t, self.voxel_aspect)
+        v = v.to(x_t.dtype).contiguous()
         return v[0, 0] if spatial else v
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:

