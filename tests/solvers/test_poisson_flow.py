@@ -180,16 +180,40 @@ def test_prior_runs_on_the_measured_window_plus_context_only():
     assert prior.shapes == [(18, 56, 56)] * 3
 
 
-def test_seeds_reproduce_and_differ():
+class ShrinkingPrior:
+    """``D_t(x_t) = x_t / 2``: an estimate that depends on the noisy input."""
+
+    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        return 0.5 * x_t
+
+
+@pytest.mark.parametrize(
+    ("perturb", "prior"), [(True, ConstantPrior(0.2)), (False, ShrinkingPrior())]
+)
+def test_seeds_reproduce_and_differ(perturb, prior):
+    # perturbed: the prior's error model makes samples differ even for a constant prior;
+    # unperturbed (the default): the re-noised trajectories do, through the prior
     model, _ = _blurred_counts(seed=5)
-    sampler = PoissonFlowSampler(steps=3, t_start=0.3)
+    sampler = PoissonFlowSampler(steps=3, t_start=0.3, perturb=perturb)
 
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        return list(sampler.iterate(model, ConstantPrior(0.2), generator))[-1]
+        return list(sampler.iterate(model, prior, generator))[-1]
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+def test_unperturbed_samples_agree_where_the_prior_ignores_its_input():
+    # without perturbation the only randomness enters through x_t: a prior that
+    # ignores x_t gives every seed the same answer
+    model, _ = _blurred_counts(seed=5)
+    sampler = PoissonFlowSampler(steps=3, t_start=0.3, perturb=False)
+    runs = [
+        list(sampler.iterate(model, ConstantPrior(0.2), torch.Generator().manual_seed(s)))[-1]
+        for s in (1, 2)
+    ]
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
 def test_from_camera_converts_adu_to_photons():

@@ -212,16 +212,17 @@ class PoissonFlowSampler:
     perturb : bool
         Add the prior's error (``N(0, gamma_t^2)``) to its estimate before each data
         step except the last, so that samples differ where the data leave the answer
-        open. ``False`` gives a deterministic estimate.
+        open. Off by default (see ``FlowDeconvolution.perturb``): samples then differ
+        only through their re-noised trajectories.
     """
 
-    steps: int = 3
-    prior_weight: float = 0.03
+    steps: int = 10
+    prior_weight: float = 0.3
     data_variance: float = 0.05
     em_iterations: int = 7
     stop_at_initial_fit: bool = True
-    t_start: float = 0.7
-    perturb: bool = True
+    t_start: float = 0.6
+    perturb: bool = False
 
     def __post_init__(self) -> None:
         check_schedule(self.steps, self.t_start)
