@@ -10,6 +10,7 @@ from deconflow import DeconflowError
 from deconflow.physics import ConvolutionOperator
 from deconflow.solvers.flow import (
     ExactDataFlowSampler,
+    FlowDeconvolution,
     MeasurementModel,
     PnPFlowSampler,
     posterior_variance,
@@ -146,3 +147,18 @@ def test_pnp_flow_moves_from_the_prior_mean_towards_the_data():
 def test_invalid_sampler_settings(factory, fragment):
     with pytest.raises(DeconflowError, match=fragment):
         factory()
+
+
+@pytest.mark.parametrize("sampler", ["poisson", "exact"])
+@pytest.mark.parametrize("perturb", [False, True])
+def test_flow_settings_hand_their_values_to_the_sampler(sampler, perturb):
+    settings = FlowDeconvolution(
+        sampler=sampler, steps=4, t_start=0.25, prior_weight=0.7, perturb=perturb
+    )
+    built = settings.build_sampler()
+    assert (built.steps, built.t_start, built.prior_weight, built.perturb) == (
+        4,
+        0.25,
+        0.7,
+        perturb,
+    )
