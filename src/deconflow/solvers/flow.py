@@ -316,16 +316,18 @@ class FlowDeconvolution:
         Keep every sample in the result (memory: one stack per sample).
     """
 
+    # the samplers' own defaults, read from their classes so that the two cannot drift
+    # apart; the schedule and prior strength are the default (Poisson) sampler's
     sampler: str = "poisson"
-    steps: int = 10
+    steps: int = PoissonFlowSampler.steps
     samples: int = 1
-    prior_weight: float = 0.3
-    data_variance: float = 0.05
-    em_iterations: int = 7
-    cg_iterations: int = 8
-    step_size: float = 1.0
-    t_start: float = 0.6
-    perturb: bool = False
+    prior_weight: float = PoissonFlowSampler.prior_weight
+    data_variance: float = PoissonFlowSampler.data_variance
+    em_iterations: int = PoissonFlowSampler.em_iterations
+    cg_iterations: int = ExactDataFlowSampler.cg_iterations
+    step_size: float = PnPFlowSampler.step_size
+    t_start: float = PoissonFlowSampler.t_start
+    perturb: bool = PoissonFlowSampler.perturb
     first_iterations: int | None = None
     precision: str = "auto"
     weights: str | None = None
