@@ -71,9 +71,13 @@ def write_ome(path: Path, data: np.ndarray, axes: str, voxel=VOXEL) -> Path:
 
 
 def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``deconflow batch ARGS`` in a fresh process."""
+    """``deconflow batch ARGS --device cpu`` in a fresh process.
+
+    On the CPU: these tests compare outputs with CPU runs, and a GPU would finish the
+    "slow" file of the resume test before the kill lands.
+    """
     return subprocess.run(
-        [sys.executable, "-m", "deconflow.cli", "batch", *map(str, args)],
+        [sys.executable, "-m", "deconflow.cli", "batch", *map(str, args), "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -201,7 +205,8 @@ def test_killed_run_resumes_with_exactly_the_missing_outputs(tmp_path, psf_file,
     write_imagej(data_dir / "c.tif", stack((8, 32, 32), 2), "ZYX")
     before = {p.name: sha256(p) for p in data_dir.iterdir()}
     out = tmp_path / "out"
-    args = [str(data_dir), "--psf", str(psf_file), "-o", str(out), "--iterations", "10", "-q"]
+    args = [str(data_dir), "--psf", str(psf_file), "-o", str(out), "--iterations", "10"]
+    args += ["--device", "cpu", "-q"]  # on a GPU, b would be done before the kill lands
     # a file is finished when its record, written after the TIFF, is in place
     code = _start_and_stop(args, out / "a_deconvolved.json", how)
     assert code == (-signal.SIGKILL if how == signal.SIGKILL else 130)

@@ -107,3 +107,48 @@ def test_first_estimate_is_cross_validated_unless_its_iterations_are_given(stack
     assert not any(n.startswith("first estimate") for n in given.notes)
     # one RL iteration leaves the object far blurrier than the cross-validated count
     assert np.linalg.norm(auto.image - truth) < np.linalg.norm(given.image - truth)
+
+
+def test_samples_drawn_together_equal_samples_drawn_one_at_a_time(stack, monkeypatch):
+    # a GPU draws a tile's samples as one batch; each sample keeps its own generator, so
+    # the batch changes nothing but the speed
+    import deconflow.pipeline as pipeline
+
+    image, psf, _ = stack
+    options = {**FAST, "samples": 3, "seed": 11, "keep_samples": True, "device": "cpu"}
+
+    def run():
+        events = list(
+            deconflow.iter_deconvolve(
+                image,
+                psf,
+                DeconvolutionSettings.from_options(method="flow", background=BACKGROUND, **options),
+            )
+        )
+        solve = [e for e in events if isinstance(e, Progress) and e.stage == "solve"]
+        assert [e.step for e in solve] == sorted(e.step for e in solve)
+        assert solve[-1].step == solve[-1].total == 3 * FAST["steps"]
+        return events[-1]
+
+    alone = run()
+    monkeypatch.setattr(pipeline, "samples_at_once", lambda samples, *_: samples)
+    together = run()
+    assert any("3 at a time" in note for note in together.notes)
+    assert not any("at a time" in note for note in alone.notes)
+    # equal up to float rounding (a batched convolution may sum in another order)
+    np.testing.assert_allclose(together.samples, alone.samples, rtol=2e-3, atol=1e-2)
+    np.testing.assert_allclose(together.image, alone.image, rtol=2e-3, atol=1e-2)
+    assert not np.allclose(together.samples[0], together.samples[1], rtol=1e-2)
+
+
+def test_samples_at_once_fills_the_gpu_within_the_budget_and_keeps_the_cpu_at_one():
+    from deconflow._flow_run import _GPU_SATURATING_VOXELS, samples_at_once
+
+    cuda = torch.device("cuda")  # a device object needs no GPU
+    small = _GPU_SATURATING_VOXELS // 8  # a tile that leaves most of a GPU idle
+    assert samples_at_once(4, torch.device("cpu"), small, 10, 1000) == 1
+    assert samples_at_once(4, cuda, small, 10, 1000) == 4
+    assert samples_at_once(16, cuda, small, 10, 1000) == 8  # enough voxels per call
+    assert samples_at_once(4, cuda, small, 300, 1000) == 3  # what the budget holds
+    assert samples_at_once(4, cuda, small, 2000, 1000) == 1
+    assert samples_at_once(4, cuda, _GPU_SATURATING_VOXELS, 10, 1000) == 1  # a big tile

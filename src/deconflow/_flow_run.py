@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,6 +29,7 @@ __all__ = [
     "flow_block_solver",
     "load_flow_prior",
     "make_flow_context",
+    "samples_at_once",
 ]
 
 
@@ -136,10 +137,43 @@ def _weights(block: np.ndarray, noise: CameraNoise) -> np.ndarray:
     return (1.0 / np.maximum(variance, floor)).astype(np.float32)
 
 
+#: Voxels per network call from which a GPU gains nothing by batching: an H200 runs one
+#: 64×256×256 volume at 153 Mvoxel/s and four at 161, but one 32×128×128 volume at 82
+#: and eight at 156 (``docs/benchmarks/gpu.md``).
+_GPU_SATURATING_VOXELS = 4 * 2**20
+
+
+def samples_at_once(
+    samples: int, device: torch.device, tile_voxels: int, tile_bytes: int, budget: int
+) -> int:
+    """How many posterior samples of a tile to draw together (one network call per step).
+
+    On a GPU, enough to give each network call about ``_GPU_SATURATING_VOXELS`` voxels,
+    as far as the memory budget holds them: a small tile alone leaves much of the GPU
+    idle. On the CPU one at a time: the network already keeps every core busy, and
+    memory would grow with the batch.
+    """
+    if device.type != "cuda":
+        return 1
+    wanted = max(1, _GPU_SATURATING_VOXELS // max(tile_voxels, 1))
+    fits = max(1, budget // max(tile_bytes, 1))
+    return min(samples, wanted, fits)
+
+
 def flow_block_solver(
-    context: FlowContext, psf: np.ndarray, device: torch.device, background: float
+    context: FlowContext,
+    psf: np.ndarray,
+    device: torch.device,
+    background: float,
+    samples_at_once: int = 1,
 ) -> BlockSolver:
-    """Block solver drawing ``settings.samples`` posterior samples and summarising them."""
+    """Block solver drawing ``settings.samples`` posterior samples and summarising them.
+
+    Samples are drawn ``samples_at_once`` at a time (see :func:`samples_at_once`); each
+    sample is the same whatever the batch, since each keeps its own seeded generator.
+    """
+    if samples_at_once < 1:
+        raise ValueError(f"samples_at_once must be >= 1, got {samples_at_once}")
     settings = context.settings
     sampler = settings.build_sampler()
     norm = context.normalization
@@ -150,7 +184,9 @@ def flow_block_solver(
         operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
         weights = torch.from_numpy(_weights(block, context.noise)).to(device)
         y = torch.from_numpy(np.ascontiguousarray(block)).to(device)
-        trajectory: Callable[[torch.Generator, torch.Tensor | None], Iterator[torch.Tensor]]
+        trajectories: Callable[
+            [Sequence[torch.Generator], torch.Tensor | None], Iterator[torch.Tensor]
+        ]
         if isinstance(sampler, PoissonFlowSampler):
             poisson = PoissonMeasurement.from_camera(
                 operator,
@@ -160,11 +196,11 @@ def flow_block_solver(
                 scale_adu=norm.scale,
                 offset_adu=norm.offset,
             )
-            trajectory = partial(sampler.iterate, poisson, context.prior)
+            trajectories = partial(sampler.iterate_batch, poisson, context.prior)
         else:
             # x = scale u + offset and H 1 = 1 inside the window, so y - b - offset = scale H u
             gaussian = MeasurementModel(operator, y - background - norm.offset, weights, norm.scale)
-            trajectory = partial(sampler.iterate, gaussian, context.prior)
+            trajectories = partial(sampler.iterate_batch, gaussian, context.prior)
         initial = None
         if settings.t_start > 0:
             first = torch.from_numpy(np.ascontiguousarray(context.first_estimate[index]))
@@ -174,25 +210,33 @@ def flow_block_solver(
         total = settings.total_steps
         where = f" (tile {tile + 1}/{tiles})" if tiles > 1 else ""
         base_seed = settings.seed if settings.seed is not None else int(torch.seed() % 2**31)
-        for k in range(settings.samples):
-            generator = torch.Generator(device=device).manual_seed(base_seed + 7919 * k)
+        for first in range(0, settings.samples, samples_at_once):
+            batch = range(first, min(first + samples_at_once, settings.samples))
+            generators = [
+                torch.Generator(device=device).manual_seed(base_seed + 7919 * k) for k in batch
+            ]
+            which = (
+                f"sample {first + 1}/{settings.samples}"
+                if len(batch) == 1
+                else f"samples {first + 1}-{batch[-1] + 1}/{settings.samples}"
+            )
             u: torch.Tensor | None = None
-            for step, estimate in enumerate(trajectory(generator, initial), start=1):
-                u = estimate
-                done = k * settings.steps + step
+            for step, estimates in enumerate(trajectories(generators, initial), start=1):
+                u = estimates
                 yield Progress(
                     "solve",
-                    done,
+                    first * settings.steps + len(batch) * step,
                     total,
-                    f"flow sample {k + 1}/{settings.samples} step {step}{where}",
+                    f"flow {which} step {step}{where}",
                     tile=tile,
                     tiles=tiles,
                 )
             if u is None:  # samplers yield once per step, steps >= 1
                 raise RuntimeError("sampler produced no estimate")
-            x = norm.invert(u).clamp_min_(0.0)
-            object_sum += x
-            samples.append(to_image(operator, x, clip=True))
+            for estimate in u:
+                x = norm.invert(estimate).clamp_min_(0.0)
+                object_sum += x
+                samples.append(to_image(operator, x, clip=True))
         stack = np.stack(samples)
         mean = stack.mean(axis=0)
         yield Progress(

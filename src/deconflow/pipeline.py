@@ -9,6 +9,7 @@ generator) cancels the run between two steps; nothing is left behind.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from deconflow._flow_run import (
     flow_block_solver,
     load_flow_prior,
     make_flow_context,
+    samples_at_once,
 )
 from deconflow._progress import Progress, Stage
 from deconflow._types import VoxelSize
@@ -247,7 +249,16 @@ def iter_deconvolve(
         # photons -> the image's units above the background
         first = estimate.mean * np.float32(noise.gain)
         context = make_flow_context(first, iterations, noise, settings.solver, prior)
-        solve = flow_block_solver(context, prepared.data, device, background)
+        at_once = samples_at_once(
+            settings.solver.samples,
+            device,
+            math.prod(plan.tile_shape),
+            estimate_bytes(plan.tile_shape, psf_shape, "flow"),
+            budget,
+        )
+        if at_once > 1:
+            notes.append(f"posterior samples drawn {at_once} at a time (one network call)")
+        solve = flow_block_solver(context, prepared.data, device, background, at_once)
     else:
         solver = _solver_for_run(settings, data, background, image_voxel)
         solve = classical_block_solver(prepared.data, solver, device, background, settings.method)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deconflow.priors import NetworkConfig, VelocityUNet, flops_per_voxel
+from deconflow.priors.network import group_norm_by_reduction
 
 
 @pytest.mark.parametrize(
@@ -62,3 +63,30 @@ def test_config_round_trip_and_validation():
         NetworkConfig(channels=(8, 16), z_pool=(True, True))
     with pytest.raises(ValueError, match="groups"):
         NetworkConfig(channels=(6, 16), z_pool=(True,), groups=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 16, 3, 9, 11), (3, 8, 5, 7)])
+def test_group_norm_by_reduction_matches_torch(dtype, shape):
+    # the GPU inference path's normalisation must be F.group_norm's arithmetic
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).to(dtype)
+    weight = torch.randn(shape[1], dtype=torch.float64)
+    bias = torch.randn(shape[1], dtype=torch.float64)
+    expected = torch.nn.functional.group_norm(x.double(), 4, weight, bias, 1e-5)
+    got = group_norm_by_reduction(x, 4, weight, bias, 1e-5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the reduction path runs on CUDA")
+def test_network_on_cuda_matches_the_cpu():
+    torch.manual_seed(0)
+    net = VelocityUNet(NetworkConfig(channels=(8, 16), z_pool=(True,), groups=4)).eval()
+    for p in net.parameters():  # the zero-initialised output layer would hide differences
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(2, 1, 6, 20, 24), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        expected = net(x, t, 2.0)
+        got = net.cuda()(x.cuda(), t.cuda(), 2.0).cpu()
+    # cuDNN may run the convolutions in TF32 (10-bit mantissa): agree to ~1e-3 relative
+    assert float((got - expected).norm() / expected.norm()) < 1e-2

@@ -54,6 +54,18 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA training path")
+def test_training_on_cuda_writes_cpu_weights_and_resumes(tmp_path):
+    # mixed precision on the GPU, a CUDA generator in the checkpoint, weights saved on the CPU
+    train_prior(_tiny_config(tmp_path, steps=2, device="cuda"), progress=False)
+    path = train_prior(_tiny_config(tmp_path, steps=4, device="cuda", resume=True), progress=False)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["steps"] == 4 and card["device"].startswith("cuda")
+    assert card["autocast"] in ("bfloat16", "float16")
+    prior = load_prior(path)
+    assert all(p.device.type == "cpu" for p in prior.network.parameters())
+
+
 def test_generator_source_batches_are_normalised_with_aspects():
     src = GeneratorSource(patch=(4, 16, 16), aspect_range=(2.0, 5.0))
     batch = src.sample(3, np.random.default_rng(0))

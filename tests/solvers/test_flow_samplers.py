@@ -162,3 +162,20 @@ def test_flow_settings_hand_their_values_to_the_sampler(sampler, perturb):
         0.7,
         perturb,
     )
+
+
+def test_iterate_batch_stacks_the_samples_drawn_one_by_one():
+    op = _delta_operator((4, 8, 8))
+    model = MeasurementModel(
+        op,
+        torch.ones(op.image_shape, dtype=torch.float64),
+        torch.tensor(1.0, dtype=torch.float64),
+        1.0,
+    )
+    prior = GaussianPrior(0.0, 1.0)
+    for sampler in (ExactDataFlowSampler(steps=3), PnPFlowSampler(steps=3)):
+        gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+        batched = _last(sampler.iterate_batch(model, prior, gens))
+        for k, seed in enumerate((5, 6)):
+            alone = _last(sampler.iterate(model, prior, torch.Generator().manual_seed(seed)))
+            assert torch.equal(batched[k], alone)

@@ -177,7 +177,7 @@ def test_prior_runs_on_the_measured_window_plus_context_only():
     )
     prior = ConstantPrior(0.1)
     list(PoissonFlowSampler(steps=3).iterate(model, prior, torch.Generator().manual_seed(0)))
-    assert prior.shapes == [(18, 56, 56)] * 3
+    assert prior.shapes == [(1, 1, 18, 56, 56)] * 3
 
 
 class ShrinkingPrior:
@@ -244,3 +244,60 @@ def test_from_camera_converts_adu_to_photons():
 def test_invalid_settings(kwargs, fragment):
     with pytest.raises(DeconflowError, match=fragment):
         PoissonFlowSampler(**kwargs)
+
+
+def _loose_start(model, iterations=3):
+    """An initial estimate (prior units) fitting the data loosely: RL from flat."""
+    v = torch.full(model.operator.object_shape, float((model.counts - model.background).mean()))
+    v = v.to(model.counts.dtype)
+    s = model.operator.adjoint_of_ones()
+    for _ in range(iterations):
+        v = map_em_update(model, v, s, v, 0.0)
+    return model.to_prior(v)
+
+
+class NoiseSignPrior:
+    """Pulls hard towards a huge value or not at all, by the sign of ``x_t``'s checkerboard
+    component (noise, not signal): samples with different seeds then need different
+    numbers of EM iterations. Works on one volume and on a batch alike."""
+
+    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        grid = torch.meshgrid(*(torch.arange(n) for n in x_t.shape[-3:]), indexing="ij")
+        checker = ((-1.0) ** (grid[0] + grid[1] + grid[2])).to(x_t)
+        sign = (x_t * checker).mean(dim=(-3, -2, -1), keepdim=True)
+        return torch.where(sign > 0, 1e8, 0.0).to(x_t.dtype).expand_as(x_t)
+
+
+def test_a_batch_of_samples_equals_the_samples_drawn_one_by_one(monkeypatch):
+    import deconflow.solvers.poisson_flow as module
+
+    model, _ = _blurred_counts(seed=6)
+    initial = _loose_start(model)
+    sampler = PoissonFlowSampler(steps=3, t_start=0.4, prior_weight=1e-9, em_iterations=6)
+    seeds = (1, 2, 4, 5)
+    updates: list[int] = []
+
+    def counting_update(*args, **kwargs):
+        updates.append(1)
+        return map_em_update(*args, **kwargs)
+
+    monkeypatch.setattr(module, "map_em_update", counting_update)
+    one_by_one, counts = [], []
+    for seed in seeds:
+        updates.clear()
+        generator = torch.Generator().manual_seed(seed)
+        one_by_one.append(list(sampler.iterate(model, NoiseSignPrior(), generator, initial)))
+        counts.append(len(updates))
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    batched = list(sampler.iterate_batch(model, NoiseSignPrior(), generators, initial))
+    assert len(set(counts)) > 1, "the samples should stop their EM iterations differently"
+    assert len(batched) == 3 and batched[-1].shape == (len(seeds), *model.operator.object_shape)
+    for step, stacked in enumerate(batched):
+        for k in range(len(seeds)):
+            torch.testing.assert_close(stacked[k], one_by_one[k][step], rtol=1e-9, atol=1e-9)
+
+
+def test_iterate_batch_needs_a_generator():
+    model, _ = _blurred_counts()
+    with pytest.raises(DeconflowError, match="at least one generator"):
+        next(PoissonFlowSampler().iterate_batch(model, ShrinkingPrior(), []))

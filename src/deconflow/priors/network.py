@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["NetworkConfig", "VelocityUNet", "flops_per_voxel"]
+__all__ = ["NetworkConfig", "VelocityUNet", "flops_per_voxel", "group_norm_by_reduction"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,50 @@ def _fourier(values: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def group_norm_by_reduction(
+    x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Group normalisation with float32 statistics from a plain reduction (float32 output).
+
+    The same arithmetic as ``F.group_norm`` under autocast (which also computes and
+    returns float32), folded into one multiply-add per element.
+    """
+    b, c = x.shape[:2]
+    xf = x.float()
+    var, mean = torch.var_mean(xf.reshape(b, groups, -1), dim=-1, unbiased=False)
+    rstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, dim=1)  # (b, c)
+    gain = weight.float() * rstd
+    shift = bias.float() - mean.repeat_interleave(c // groups, dim=1) * gain
+    trailing = (1,) * (x.ndim - 2)
+    return torch.addcmul(shift.view(b, c, *trailing), xf, gain.view(b, c, *trailing))
+
+
+class _GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that, for inference on a GPU, takes its statistics from a reduction.
+
+    Why: torch's CUDA group-norm kernel reduces each (volume, group) row in one thread
+    block, so a single volume with this network's 4 groups keeps 4 of a GPU's ~100
+    multiprocessors busy; ``torch.var_mean`` splits long rows over the whole GPU
+    (measured on an H200 in ``docs/benchmarks/gpu.md``). Training batches have enough
+    rows, and the native kernel's backward needs less memory, so training keeps it.
+    Same parameters and state dict as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cuda" or (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return group_norm_by_reduction(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 class _ResBlock(nn.Module):
     """GN-SiLU-conv twice, with FiLM from the embedding in between, plus a skip."""
 
     def __init__(self, c_in: int, c_out: int, embed_dim: int, groups: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.norm1 = _GroupNorm(min(groups, c_in), c_in)
         self.conv1 = nn.Conv3d(c_in, c_out, 3, padding=1)
         self.film = nn.Linear(embed_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = _GroupNorm(groups, c_out)
         self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         # start as (almost) identity: stabilises the first hundred steps of a short CPU run
@@ -122,7 +157,7 @@ class VelocityUNet(nn.Module):
         self.up = nn.ModuleList(
             [_ResBlock(ch[i + 1] + ch[i], ch[i], e, g) for i in range(len(ch) - 1)]
         )
-        self.out_norm = nn.GroupNorm(g, ch[0])
+        self.out_norm = _GroupNorm(g, ch[0])
         self.out = nn.Conv3d(ch[0], 1, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

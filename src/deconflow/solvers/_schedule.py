@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -14,6 +14,7 @@ __all__ = [
     "check_at_least_one",
     "check_positive",
     "check_schedule",
+    "lockstep",
     "normal_noise",
     "posterior_variance",
     "sampler_times",
@@ -24,7 +25,11 @@ class Denoiser(Protocol):
     """What the samplers need of a prior: ``D_t(x_t) ≈ E[x1 | x_t]`` in prior units."""
 
     def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
-        """Estimate the data ``x1`` from ``x_t``."""
+        """Estimate the data ``x1`` from ``x_t``, in ``x_t``'s shape.
+
+        ``x_t`` is one volume ``([Z,] Y, X)`` or a batch of single-channel volumes
+        ``(B, 1, [Z,] Y, X)``.
+        """
         ...
 
 
@@ -70,3 +75,13 @@ def check_at_least_one(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise DeconflowError(f"{name} must be >= 1, got {value}.")
+
+
+def lockstep(trajectories: Sequence[Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
+    """Advance several samplers' trajectories together: yield their estimates stacked.
+
+    For samplers whose steps do not batch (each calls the prior on its own volume), so
+    that every sampler offers the same ``iterate_batch`` to the pipeline.
+    """
+    for estimates in zip(*trajectories, strict=True):
+        yield torch.stack(estimates)

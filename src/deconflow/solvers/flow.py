@@ -26,7 +26,7 @@ plus read noise, the variance-stabilised Gaussian likelihood).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +40,7 @@ from deconflow.solvers._schedule import (
     check_at_least_one,
     check_positive,
     check_schedule,
+    lockstep,
     normal_noise,
     posterior_variance,
     sampler_times,
@@ -214,6 +215,20 @@ class ExactDataFlowSampler:
             if k + 1 < len(times):
                 u_t = interpolate(u1, noise(), times[k + 1])
 
+    def iterate_batch(
+        self,
+        model: MeasurementModel,
+        prior: Denoiser,
+        generators: Sequence[torch.Generator],
+        initial: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """One trajectory per generator, in lockstep: yield ``(K, *object_shape)`` per step.
+
+        Each sample is exactly :meth:`iterate`'s (its conjugate-gradient solve stops on
+        its own residual, so the prior is called per sample).
+        """
+        return lockstep([self.iterate(model, prior, g, initial) for g in generators])
+
 
 @dataclass(frozen=True)
 class PnPFlowSampler:
@@ -256,6 +271,16 @@ class PnPFlowSampler:
             z = u - eta * model.gradient(u)
             u = prior.denoise(interpolate(z, noise(), t), t)
             yield u
+
+    def iterate_batch(
+        self,
+        model: MeasurementModel,
+        prior: Denoiser,
+        generators: Sequence[torch.Generator],
+        initial: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """One trajectory per generator, in lockstep: yield ``(K, *object_shape)`` per step."""
+        return lockstep([self.iterate(model, prior, g, initial) for g in generators])
 
 
 SAMPLERS = ("poisson", "exact", "pnp")
