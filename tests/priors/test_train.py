@@ -13,6 +13,7 @@ from deconflow import DeconflowError
 from deconflow.io import write_tiff
 from deconflow.priors import load_prior
 from deconflow.priors._cli import main, register
+from deconflow.priors._loader import BatchStream
 from deconflow.priors.data import FolderSource, GeneratorSource
 from deconflow.priors.train import TrainConfig, train_prior
 
@@ -140,3 +141,24 @@ def test_cli_registers_train_and_runs(tmp_path):
 def test_cli_reports_bad_data_folder(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "x.pt"), "--data", str(tmp_path / "none"), "-q"])
     assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_batches_depend_on_the_step_not_on_the_workers():
+    source = GeneratorSource(patch=(4, 16, 16))
+    with BatchStream(source, 2, plane_every=3, seed=7, start=1) as alone:
+        here = [alone.next() for _ in range(4)]  # steps 1-4; step 2 is a plane step
+    with BatchStream(source, 2, plane_every=3, seed=7, start=1, workers=2) as pool:
+        ahead = [pool.next() for _ in range(4)]
+    assert [b.x1.shape[0] for b in here] == [2, 8, 2, 2]
+    assert here[1].x1.shape == (8, 1, 16, 16)  # 2D planes, four times as many
+    for a, b in zip(here, ahead, strict=True):
+        assert torch.equal(a.x1, b.x1) and torch.equal(a.aspect, b.aspect)
+    assert not torch.equal(here[0].x1, here[2].x1)
+
+
+def test_training_with_workers_equals_training_without(tmp_path):
+    alone = train_prior(_tiny_config(tmp_path / "a"), progress=False)
+    pooled = train_prior(_tiny_config(tmp_path / "b", workers=1), progress=False)
+    a, b = load_prior(alone).network.state_dict(), load_prior(pooled).network.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

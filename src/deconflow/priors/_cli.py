@@ -34,6 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device or "auto",
         precision=args.precision,
         threads=args.threads,
+        workers=args.workers,
         max_minutes=args.max_minutes,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
@@ -98,6 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--plane-every", type=int, default=10, help="every n-th step uses 2D planes (10; 0 = never)"
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes drawing training batches ahead (0 = none; use several on a GPU)",
+    )
     p.add_argument(
         "--max-minutes",
         type=float,

@@ -20,6 +20,7 @@ import torch
 from deconflow._device import check_precision, resolve_device, resolve_precision
 from deconflow._errors import DeconflowError
 from deconflow._version import __version__
+from deconflow.priors._loader import BatchStream
 from deconflow.priors.data import FolderSource, GeneratorSource
 from deconflow.priors.flow import cfm_loss
 from deconflow.priors.network import NetworkConfig, VelocityUNet, flops_per_voxel
@@ -69,6 +70,10 @@ class TrainConfig:
         scaling on older GPUs, float32 on other CPUs.
     threads : int or None
         CPU threads for torch during training (``None``: torch's default).
+    workers : int
+        Processes that draw batches ahead (0: the training process draws them). The data
+        of a step depend only on ``seed`` and the step number, not on this count; use
+        workers when the device waits for data (a GPU: ``docs/benchmarks/gpu.md``).
     max_minutes : float or None
         Wall-time budget: the learning-rate schedule follows whichever of steps or time
         runs out first, and training stops there (so a loaded CPU still gets a full
@@ -99,6 +104,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
+    workers: int = 0
     max_minutes: float | None = None
     checkpoint_every: int = 50
     resume: bool = False
@@ -109,6 +115,8 @@ class TrainConfig:
         self.out = Path(self.out)
         if self.steps < 1 or self.batch < 1:
             raise DeconflowError("steps and batch must be at least 1.")
+        if self.workers < 0:
+            raise DeconflowError(f"workers must be 0 or more, got {self.workers}.")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise DeconflowError(f"patch must be three positive sizes (z, y, x), got {self.patch}")
         check_precision(self.precision)
@@ -184,7 +192,6 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     net = _make_network(config).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rng = np.random.default_rng(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     amp_dtype = _autocast_dtype(config.precision, device)
     amp = amp_dtype is not None
@@ -197,7 +204,6 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
         gen.set_state(state["torch_rng"])
         step, curve = int(state["step"]), json.loads(state["curve"])
         elapsed_before = float(state["elapsed_s"])
@@ -206,6 +212,9 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train prior")
     net.train()
     budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
+    batches = BatchStream(
+        source, config.batch, config.plane_every, config.seed, step, config.workers
+    )
 
     def progress_now() -> float:
         done = step / config.steps
@@ -213,54 +222,53 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
             return done
         return max(done, (elapsed_before + time.perf_counter() - start_wall) / budget_s)
 
-    while progress_now() < 1.0:
-        plane = config.plane_every > 0 and step % config.plane_every == config.plane_every - 1
-        batch = source.sample(config.batch * (4 if plane else 1), rng, plane=plane)
-        for group in opt.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, progress_now())
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            loss = cfm_loss(net, batch.x1.to(device), batch.aspect.to(device), gen)
-        if not torch.isfinite(loss):
-            raise DeconflowError(
-                f"The training loss is not finite at step {step + 1} (precision "
-                f"{config.precision!r}); resume from the last checkpoint with a lower lr or "
-                "precision='float32'."
-            )
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
-        step += 1
-        window.append(float(loss.detach()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(window[-20:]):.4f}")
-        last = progress_now() >= 1.0
-        if step % 10 == 0 or last:
-            curve.append([step, round(float(np.mean(window)), 5)])
-            window = []
-        if step % config.checkpoint_every == 0 or last:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "net": net.state_dict(),
-                    "ema": ema.state_dict(),
-                    "opt": opt.state_dict(),
-                    "numpy_rng": json.dumps(rng.bit_generator.state),
-                    "torch_rng": gen.get_state(),
-                    "step": step,
-                    "curve": json.dumps(curve),
-                    "elapsed_s": elapsed_before + time.perf_counter() - start_wall,
-                },
-                tmp,
-            )
-            os.replace(tmp, ckpt)
+    with batches:
+        while progress_now() < 1.0:
+            batch = batches.next()
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(step, progress_now())
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss = cfm_loss(net, batch.x1.to(device), batch.aspect.to(device), gen)
+            if not torch.isfinite(loss):
+                raise DeconflowError(
+                    f"The training loss is not finite at step {step + 1} (precision "
+                    f"{config.precision!r}); resume from the last checkpoint with a lower lr or "
+                    "precision='float32'."
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+                    pe.lerp_(p, 1 - decay)
+            step += 1
+            window.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(window[-20:]):.4f}")
+            last = progress_now() >= 1.0
+            if step % 10 == 0 or last:
+                curve.append([step, round(float(np.mean(window)), 5)])
+                window = []
+            if step % config.checkpoint_every == 0 or last:
+                tmp = ckpt.with_name(ckpt.name + ".tmp")
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    {
+                        "net": net.state_dict(),
+                        "ema": ema.state_dict(),
+                        "opt": opt.state_dict(),
+                        "torch_rng": gen.get_state(),
+                        "step": step,
+                        "curve": json.dumps(curve),
+                        "elapsed_s": elapsed_before + time.perf_counter() - start_wall,
+                    },
+                    tmp,
+                )
+                os.replace(tmp, ckpt)
     bar.close()
 
     wall = elapsed_before + time.perf_counter() - start_wall
