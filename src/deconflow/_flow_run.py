@@ -165,15 +165,15 @@ def flow_block_solver(
     psf: np.ndarray,
     device: torch.device,
     background: float,
-    samples_at_once: int = 1,
+    samples_per_batch: int = 1,
 ) -> BlockSolver:
     """Block solver drawing ``settings.samples`` posterior samples and summarising them.
 
-    Samples are drawn ``samples_at_once`` at a time (see :func:`samples_at_once`); each
+    Samples are drawn ``samples_per_batch`` at a time (see :func:`samples_at_once`); each
     sample is the same whatever the batch, since each keeps its own seeded generator.
     """
-    if samples_at_once < 1:
-        raise ValueError(f"samples_at_once must be >= 1, got {samples_at_once}")
+    if samples_per_batch < 1:
+        raise ValueError(f"samples_per_batch must be >= 1, got {samples_per_batch}")
     settings = context.settings
     sampler = settings.build_sampler()
     norm = context.normalization
@@ -210,22 +210,22 @@ def flow_block_solver(
         total = settings.total_steps
         where = f" (tile {tile + 1}/{tiles})" if tiles > 1 else ""
         base_seed = settings.seed if settings.seed is not None else int(torch.seed() % 2**31)
-        for first in range(0, settings.samples, samples_at_once):
-            batch = range(first, min(first + samples_at_once, settings.samples))
+        for first in range(0, settings.samples, samples_per_batch):
+            drawn = range(first, min(first + samples_per_batch, settings.samples))
             generators = [
-                torch.Generator(device=device).manual_seed(base_seed + 7919 * k) for k in batch
+                torch.Generator(device=device).manual_seed(base_seed + 7919 * k) for k in drawn
             ]
             which = (
                 f"sample {first + 1}/{settings.samples}"
-                if len(batch) == 1
-                else f"samples {first + 1}-{batch[-1] + 1}/{settings.samples}"
+                if len(drawn) == 1
+                else f"samples {first + 1}-{drawn[-1] + 1}/{settings.samples}"
             )
             u: torch.Tensor | None = None
             for step, estimates in enumerate(trajectories(generators, initial), start=1):
                 u = estimates
                 yield Progress(
                     "solve",
-                    first * settings.steps + len(batch) * step,
+                    first * settings.steps + len(drawn) * step,
                     total,
                     f"flow {which} step {step}{where}",
                     tile=tile,
