@@ -108,14 +108,15 @@ def test_weak_prior_reproduces_the_data_only_answer_on_the_valid_model():
     assert (op.A(u) - d).norm() < 1e-3 * d.norm()
 
 
-def test_seeds_reproduce_and_differ():
+def _ones_model() -> MeasurementModel:
+    """Data of ones seen through the identity, unit weights and scale."""
     op = _delta_operator((4, 8, 8))
-    model = MeasurementModel(
-        op,
-        torch.ones(op.image_shape, dtype=torch.float64),
-        torch.tensor(1.0, dtype=torch.float64),
-        1.0,
-    )
+    ones = torch.ones(op.image_shape, dtype=torch.float64)
+    return MeasurementModel(op, ones, torch.tensor(1.0, dtype=torch.float64), 1.0)
+
+
+def test_seeds_reproduce_and_differ():
+    model = _ones_model()
     prior = GaussianPrior(0.0, 1.0)
     for sampler in (ExactDataFlowSampler(steps=3), PnPFlowSampler(steps=3)):
         a = _last(sampler.iterate(model, prior, torch.Generator().manual_seed(5)))
@@ -165,13 +166,7 @@ def test_flow_settings_hand_their_values_to_the_sampler(sampler, perturb):
 
 
 def test_iterate_batch_stacks_the_samples_drawn_one_by_one():
-    op = _delta_operator((4, 8, 8))
-    model = MeasurementModel(
-        op,
-        torch.ones(op.image_shape, dtype=torch.float64),
-        torch.tensor(1.0, dtype=torch.float64),
-        1.0,
-    )
+    model = _ones_model()
     prior = GaussianPrior(0.0, 1.0)
     for sampler in (ExactDataFlowSampler(steps=3), PnPFlowSampler(steps=3)):
         gens = [torch.Generator().manual_seed(s) for s in (5, 6)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -14,7 +14,6 @@ __all__ = [
     "check_at_least_one",
     "check_positive",
     "check_schedule",
-    "lockstep",
     "normal_noise",
     "posterior_variance",
     "sampler_times",
@@ -75,13 +74,3 @@ def check_at_least_one(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise DeconflowError(f"{name} must be >= 1, got {value}.")
-
-
-def lockstep(trajectories: Sequence[Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
-    """Advance several samplers' trajectories together: yield their estimates stacked.
-
-    For samplers whose steps do not batch (each calls the prior on its own volume), so
-    that every sampler offers the same ``iterate_batch`` to the pipeline.
-    """
-    for estimates in zip(*trajectories, strict=True):
-        yield torch.stack(estimates)

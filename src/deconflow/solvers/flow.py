@@ -40,7 +40,6 @@ from deconflow.solvers._schedule import (
     check_at_least_one,
     check_positive,
     check_schedule,
-    lockstep,
     normal_noise,
     posterior_variance,
     sampler_times,
@@ -141,8 +140,41 @@ def _proximal_solve(
     return u
 
 
+class _OneVolumeAtATime:
+    """``iterate_batch`` for the samplers whose steps call the prior on one volume.
+
+    The exact sampler's conjugate-gradient solve stops on each sample's own residual, so
+    its samples cannot share a step; they advance in lockstep instead.
+    """
+
+    def iterate(
+        self,
+        model: MeasurementModel,
+        prior: Denoiser,
+        generator: torch.Generator,
+        initial: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield one sample's estimate after each step (the samplers define it)."""
+        raise NotImplementedError
+
+    def iterate_batch(
+        self,
+        model: MeasurementModel,
+        prior: Denoiser,
+        generators: Sequence[torch.Generator],
+        initial: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """One trajectory per generator, in lockstep: yield ``(K, *object_shape)`` per step.
+
+        Sample ``k`` is exactly what :meth:`iterate` draws with ``generators[k]``.
+        """
+        trajectories = [self.iterate(model, prior, g, initial) for g in generators]
+        for estimates in zip(*trajectories, strict=True):
+            yield torch.stack(estimates)
+
+
 @dataclass(frozen=True)
-class ExactDataFlowSampler:
+class ExactDataFlowSampler(_OneVolumeAtATime):
     """Flow posterior sampler with an exact (proximal) data step and perturb-and-MAP.
 
     Parameters
@@ -215,23 +247,9 @@ class ExactDataFlowSampler:
             if k + 1 < len(times):
                 u_t = interpolate(u1, noise(), times[k + 1])
 
-    def iterate_batch(
-        self,
-        model: MeasurementModel,
-        prior: Denoiser,
-        generators: Sequence[torch.Generator],
-        initial: torch.Tensor | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """One trajectory per generator, in lockstep: yield ``(K, *object_shape)`` per step.
-
-        Each sample is exactly :meth:`iterate`'s (its conjugate-gradient solve stops on
-        its own residual, so the prior is called per sample).
-        """
-        return lockstep([self.iterate(model, prior, g, initial) for g in generators])
-
 
 @dataclass(frozen=True)
-class PnPFlowSampler:
+class PnPFlowSampler(_OneVolumeAtATime):
     """PnP-Flow: gradient step on the data term, re-noise to ``t``, denoise.
 
     Parameters
@@ -271,16 +289,6 @@ class PnPFlowSampler:
             z = u - eta * model.gradient(u)
             u = prior.denoise(interpolate(z, noise(), t), t)
             yield u
-
-    def iterate_batch(
-        self,
-        model: MeasurementModel,
-        prior: Denoiser,
-        generators: Sequence[torch.Generator],
-        initial: torch.Tensor | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """One trajectory per generator, in lockstep: yield ``(K, *object_shape)`` per step."""
-        return lockstep([self.iterate(model, prior, g, initial) for g in generators])
 
 
 SAMPLERS = ("poisson", "exact", "pnp")
