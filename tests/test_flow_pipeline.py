@@ -152,3 +152,20 @@ def test_samples_at_once_fills_the_gpu_within_the_budget_and_keeps_the_cpu_at_on
     assert samples_at_once(4, cuda, small, 300, 1000) == 3  # what the budget holds
     assert samples_at_once(4, cuda, small, 2000, 1000) == 1
     assert samples_at_once(4, cuda, _GPU_SATURATING_VOXELS, 10, 1000) == 1  # a big tile
+
+
+def test_the_prior_strength_is_chosen_unless_switched_off(stack):
+    image, psf, _ = stack
+
+    def notes(**options):
+        settings = DeconvolutionSettings.from_options(
+            method="flow", background=BACKGROUND, device="cpu", **{**FAST, **options}
+        )
+        result = deconflow.pipeline.run_to_result(deconflow.iter_deconvolve(image, psf, settings))
+        return [note for note in result.notes if note.startswith("prior strength")]
+
+    (chosen,) = notes()
+    assert "held-out photons" in chosen
+    assert any(name in chosen.split(",")[0] for name in ("as set", "prior-led", "stronger"))
+    assert notes(choose_strength=False) == []
+    assert notes(sampler="exact") == []  # chosen for the Poisson sampler only

@@ -24,6 +24,7 @@ from deconflow.tiling import plan_tiles
 
 __all__ = [
     "FlowContext",
+    "brightest_window",
     "calibrate_noise",
     "cross_validated_iterations",
     "flow_block_solver",
@@ -86,6 +87,20 @@ def calibrate_noise(data: np.ndarray, psf: np.ndarray, settings: FlowDeconvoluti
 _CROSS_VALIDATION_WINDOW = (32, 128, 128)
 
 
+def brightest_window(
+    counts: np.ndarray, psf_shape: tuple[int, ...], largest: tuple[int, int, int]
+) -> tuple[slice, ...]:
+    """Return the tile of at most ``largest`` voxels (z, y, x) holding the most photons."""
+    windows = plan_tiles(
+        counts.shape,
+        psf_shape,
+        "rl",
+        budget_bytes=2**62,
+        max_tile_shape=largest[-counts.ndim :],
+    ).tiles
+    return max(windows, key=lambda index: float(counts[index].sum()))
+
+
 def cross_validated_iterations(
     counts: np.ndarray, psf: np.ndarray, background: float, device: torch.device
 ) -> int:
@@ -94,14 +109,7 @@ def cross_validated_iterations(
     One count serves every tile, so that a tiled run matches an untiled one; the
     brightest window carries the most photons, which is where over-fitting starts first.
     """
-    windows = plan_tiles(
-        counts.shape,
-        psf.shape,
-        "rl",
-        budget_bytes=2**62,
-        max_tile_shape=_CROSS_VALIDATION_WINDOW[-counts.ndim :],
-    ).tiles
-    window = max(windows, key=lambda index: float(counts[index].sum()))
+    window = brightest_window(counts, psf.shape, _CROSS_VALIDATION_WINDOW)
     block = torch.from_numpy(np.ascontiguousarray(counts[window])).to(device)
     operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
     return CrossValidatedStop().iterations(block, operator, background)

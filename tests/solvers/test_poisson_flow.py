@@ -239,6 +239,7 @@ def test_from_camera_converts_adu_to_photons():
         ({"prior_weight": 0}, "prior_weight"),
         ({"em_iterations": 0}, "em_iterations"),
         ({"t_start": 1.0}, "t_start"),
+        ({"em_start": "anchor"}, "em_start"),
     ],
 )
 def test_invalid_settings(kwargs, fragment):
@@ -301,3 +302,29 @@ def test_iterate_batch_needs_a_generator():
     model, _ = _blurred_counts()
     with pytest.raises(DeconflowError, match="at least one generator"):
         next(PoissonFlowSampler().iterate_batch(model, ShrinkingPrior(), []))
+
+
+@pytest.mark.parametrize("em_start", ["previous", "prior"])
+def test_em_starts_where_told(em_start):
+    # one step of one EM update from t_start: the update begins at the prior's estimate
+    # ("prior") or at the initial estimate carried over ("previous")
+    model, truth = _blurred_counts(seed=3)
+    initial = model.to_prior(truth * 0.7 + 1.0)
+    sampler = PoissonFlowSampler(
+        steps=1, t_start=0.5, em_iterations=1, prior_weight=0.5, em_start=em_start
+    )
+    (u,) = sampler.iterate(model, ConstantPrior(40.0), torch.Generator().manual_seed(0), initial)
+    t = 0.5
+    gamma2 = posterior_variance(t, sampler.data_variance)
+    window = prior_window(model.operator)
+    anchor = model.to_photons(initial).clamp_min(1e-3)
+    anchor[window] = model.to_photons(torch.full_like(anchor[window], 40.0))
+    start = anchor if em_start == "prior" else model.to_photons(initial).clamp_min(1e-3)
+    expected = map_em_update(
+        model,
+        start.clamp_min(1e-3),
+        model.operator.adjoint_of_ones().clamp_min(0.0),
+        anchor,
+        sampler.prior_weight / (gamma2 * model.scale**2),
+    )
+    torch.testing.assert_close(model.to_photons(u), expected)

@@ -330,6 +330,15 @@ class FlowDeconvolution:
         t = 0.3-0.95), and the added noise cost 1.5-4 dB per sample on in-distribution
         volumes. Samples still differ through their re-noised trajectories, which is
         where the prior is unsure.
+    em_start : {"previous", "prior"}
+        Where each data step's EM iterations start ("poisson"; see
+        :class:`~deconflow.solvers.poisson_flow.PoissonFlowSampler`).
+    choose_strength : bool
+        Before the run, try these settings, the prior-led ``em_start="prior"`` (with at
+        least 15 EM iterations) and a prior weight 10/3 times higher on 80 % of the
+        photons of a window of the stack, and keep the one that predicts the other 20 %
+        best ("poisson" only; :mod:`deconflow._flow_choice`). How far the prior can be
+        trusted differs from stack to stack.
     first_iterations : int or None
         Richardson–Lucy iterations (on shifted-Poisson photon counts) of the first
         estimate; ``None`` chooses them by cross-validation on held-out photons
@@ -361,6 +370,8 @@ class FlowDeconvolution:
     step_size: float = PnPFlowSampler.step_size
     t_start: float = PoissonFlowSampler.t_start
     perturb: bool = PoissonFlowSampler.perturb
+    em_start: str = PoissonFlowSampler.em_start
+    choose_strength: bool = True
     first_iterations: int | None = None
     precision: str = "auto"
     weights: str | None = None
@@ -414,4 +425,5 @@ class FlowDeconvolution:
             data_variance=self.data_variance,
             em_iterations=self.em_iterations,
             perturb=self.perturb,
+            em_start=self.em_start,
         )

@@ -57,7 +57,16 @@ from deconflow.solvers._schedule import (
     sampler_times,
 )
 
-__all__ = ["PoissonFlowSampler", "PoissonMeasurement", "map_em_update", "prior_window"]
+__all__ = [
+    "EM_STARTS",
+    "PoissonFlowSampler",
+    "PoissonMeasurement",
+    "map_em_update",
+    "prior_window",
+]
+
+#: Where each step's EM iterations may start (``PoissonFlowSampler.em_start``).
+EM_STARTS = ("previous", "prior")
 
 #: Object voxels beyond the measured window (z, then y and x) that the network still sees:
 #: context for the edge voxels, without paying for the whole FFT margin.
@@ -214,6 +223,12 @@ class PoissonFlowSampler:
         step except the last, so that samples differ where the data leave the answer
         open. Off by default (see ``FlowDeconvolution.perturb``): samples then differ
         only through their re-noised trajectories.
+    em_start : {"previous", "prior"}
+        Where each step's EM iterations start: the previous step's estimate (the data
+        lead; default) or the prior's estimate (the prior leads, and the EM iterations
+        move it towards the data until the fit stop). Which is better depends on the
+        stack (``docs/how-it-works.md``); ``FlowDeconvolution.choose_strength`` picks
+        by held-out photons.
     """
 
     steps: int = 10
@@ -223,11 +238,16 @@ class PoissonFlowSampler:
     stop_at_initial_fit: bool = True
     t_start: float = 0.6
     perturb: bool = False
+    em_start: str = "previous"
 
     def __post_init__(self) -> None:
         check_schedule(self.steps, self.t_start)
         check_positive(prior_weight=self.prior_weight, data_variance=self.data_variance)
         check_at_least_one(em_iterations=self.em_iterations)
+        if self.em_start not in EM_STARTS:
+            raise DeconflowError(
+                f"Unknown em_start {self.em_start!r}; choose 'previous' (default) or 'prior'."
+            )
 
     def iterate(
         self,
@@ -295,6 +315,8 @@ class PoissonFlowSampler:
                 estimate += gamma2**0.5 * noise()
             anchor = model.to_photons(estimate)
             precision = self.prior_weight / (gamma2 * model.scale**2)
+            if self.em_start == "prior":
+                v = anchor.clamp_min(1e-3)
             fitting = [True] * len(generators)
             for iteration in range(self.em_iterations):
                 mean = model.mean(v)
