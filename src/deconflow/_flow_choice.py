@@ -1,16 +1,16 @@
 """How far the flow trusts its prior, chosen per stack from held-out photons.
 
 Why: the prior's reliability differs from stack to stack. On the issue-7 benchmark's
-9-case subset, starting each step's EM at the prior's estimate won +1.1 dB on one stack
-(membranes, confocal, 100 photons) and lost up to 2.4 dB on others, and a higher prior
+9-case subset, starting each step's EM at the prior's estimate won 1.4 dB on one stack
+(membranes, confocal, 100 photons) and lost up to 2.2 dB on others, and a higher prior
 weight helped the real-derived grid and hurt sparse beads. The data can tell which to
 use, as they tell the first estimate when to stop (:mod:`deconflow.solvers.stopping`):
 split the photons of a window into independent 80 % and 20 % parts (binomial thinning),
 run each candidate on the 80 %, and keep the one whose blurred estimate predicts the 20 %
-best (Poisson negative log-likelihood). On that subset the choice raised the flow's gain
-over oracle RL from +0.41 to +0.52 dB, one sample each; choosing with hindsight would
-give +0.66 dB. The held-out photons see only what the PSF passes, so the choice is
-blind to detail the optics remove.
+best (Poisson negative log-likelihood). With the choice the flow's gain over oracle RL
+rose from +0.45 to +0.73 dB on that subset and from +0.51 to +0.69 dB on all 27 cases
+(``docs/how-it-works.md``). The held-out photons see only what the PSF passes, so the
+choice is blind to detail the optics remove.
 """
 
 from __future__ import annotations
