@@ -59,8 +59,9 @@ def main() -> None:
         f"{deconflow.DeconvolutionSettings().rl.iterations} accelerated iterations; flow: "
         f"{settings.samples} sample(s) × {settings.steps} steps from t = {settings.t_start}, "
         f"sampler {settings.sampler!r}, {settings.em_iterations} EM iterations per data step, "
-        "plus a first RL estimate with its iteration count chosen by cross-validation; "
-        "the notes say how many). "
+        "plus a first RL estimate with its iteration count chosen by cross-validation and "
+        f"{'the' if settings.choose_strength else 'no'} choice of the prior's strength on "
+        "held-out photons; the notes say what was chosen). "
         f"{platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads.",
         "",
