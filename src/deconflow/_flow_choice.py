@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from deconflow._flow_run import brightest_window
 from deconflow.physics.blur import ConvolutionOperator
 from deconflow.physics.likelihoods import PoissonLikelihood
 from deconflow.priors.normalization import Normalization
@@ -33,6 +34,9 @@ __all__ = ["StrengthChoice", "choose_strength", "strength_candidates"]
 
 #: Share of the window's photons held out to score the candidates.
 _HOLDOUT = 0.2
+#: Largest window (z, y, x) the candidates run on: three short flow runs there cost ~5 s
+#: of a default 64×256×256 run's ~83 s on the 2-core CPU (``docs/benchmarks/flow_speed.md``).
+_WINDOW = (32, 96, 96)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,16 @@ class StrengthChoice:
     name: str
     settings: FlowDeconvolution
     scores: dict[str, float]
+
+    def note(self) -> str:
+        """One line for the result's notes: the choice and each candidate's score."""
+        scores = ", ".join(
+            f"{name} {score - self.scores['as set']:+.1f}" for name, score in self.scores.items()
+        )
+        return (
+            f"prior strength: {self.name}, chosen by held-out photons (their negative "
+            f"log-likelihood against the settings as set: {scores})"
+        )
 
 
 def strength_candidates(settings: FlowDeconvolution) -> dict[str, FlowDeconvolution]:
@@ -70,10 +84,13 @@ def choose_strength(
 ) -> StrengthChoice:
     """Score :func:`strength_candidates` on held-out photons of ``counts``; keep the best.
 
+    The candidates run on the brightest window of ``counts`` (at most ``_WINDOW``), as
+    the first estimate's stop is cross-validated on its brightest window.
+
     Parameters
     ----------
     counts : numpy.ndarray
-        Shifted-Poisson photon counts of a window of the stack.
+        Shifted-Poisson photon counts of the stack.
     psf : numpy.ndarray
         The prepared PSF.
     background : float
@@ -99,10 +116,11 @@ def choose_strength(
     """
     keep = 1.0 - _HOLDOUT
     seed = settings.seed if settings.seed is not None else 0
-    kept_np, held_np = split_counts(counts, keep, np.random.default_rng(seed))
+    window = counts[brightest_window(counts, psf.shape, _WINDOW)]
+    kept_np, held_np = split_counts(window, keep, np.random.default_rng(seed))
     kept = torch.from_numpy(kept_np).to(device)
     held = torch.from_numpy(held_np).to(device).double()
-    operator = ConvolutionOperator(psf, counts.shape, device=device, dtype=torch.float32)
+    operator = ConvolutionOperator(psf, window.shape, device=device, dtype=torch.float32)
     level = keep * background
     first = RichardsonLucy(first_iterations)(kept, operator, level)
     # the kept photons are a `keep` share of the stack's, and so is the prior's scale

@@ -23,7 +23,6 @@ from deconflow._errors import DeconflowError
 from deconflow._execute import BlockOutput, classical_block_solver, run_plan
 from deconflow._flow_choice import choose_strength
 from deconflow._flow_run import (
-    brightest_window,
     calibrate_noise,
     cross_validated_iterations,
     flow_block_solver,
@@ -52,10 +51,6 @@ __all__ = [
     "iter_deconvolve",
     "run_to_result",
 ]
-
-#: Largest window (z, y, x) the prior's strength is chosen on (3 short flow runs on it:
-#: ~15 s on the 2-core CPU, against ~80 s for a default 64×256×256 run).
-_STRENGTH_WINDOW = (32, 96, 96)
 
 
 @dataclass(frozen=True)
@@ -257,9 +252,8 @@ def iter_deconvolve(
         context = make_flow_context(first, iterations, noise, settings.solver, prior)
         if settings.solver.sampler == "poisson" and settings.solver.choose_strength:
             yield Progress("estimate", 0, 1, "choosing how far to trust the prior")
-            window = brightest_window(counts, psf_shape, _STRENGTH_WINDOW)
             choice = choose_strength(
-                counts[window],
+                counts,
                 prepared.data,
                 level,
                 iterations,
@@ -269,14 +263,7 @@ def iter_deconvolve(
                 settings.solver,
                 device,
             )
-            scores = ", ".join(
-                f"{name} {score - choice.scores['as set']:+.1f}"
-                for name, score in choice.scores.items()
-            )
-            notes.append(
-                f"prior strength: {choice.name}, chosen by held-out photons (their negative "
-                f"log-likelihood against the settings as set: {scores})"
-            )
+            notes.append(choice.note())
             context = dataclasses.replace(context, settings=choice.settings)
         at_once = samples_at_once(
             settings.solver.samples,
