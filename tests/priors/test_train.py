@@ -46,6 +46,23 @@ def test_train_writes_weights_card_and_checkpoint(tmp_path):
     assert load_prior(path).network.config.channels == (4, 8, 8)
 
 
+def test_a_fine_tune_keeps_the_cards_of_the_runs_before_it(tmp_path):
+    first = train_prior(_tiny_config(tmp_path / "a", command="first"), progress=False)
+    second = train_prior(
+        _tiny_config(tmp_path / "b", init=first, steps=2, command="second"), progress=False
+    )
+    third = train_prior(
+        _tiny_config(tmp_path / "c", init=second, steps=1, command="third"), progress=False
+    )
+    card = load_prior(third).card
+    assert card["command"] == "third" and card["steps"] == 1
+    assert card["fine_tuned_from"]["command"] == "second"
+    assert card["fine_tuned_from"]["fine_tuned_from"] == load_prior(first).card
+    assert "fine_tuned_from" not in load_prior(first).card
+    # the JSON beside the weights holds the same history (JSON turns tuples into lists)
+    assert json.loads(third.with_suffix(".json").read_text()) == json.loads(json.dumps(card))
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train_prior(_tiny_config(tmp_path / "a", steps=4), progress=False)
     train_prior(_tiny_config(tmp_path / "b", steps=2), progress=False)

@@ -153,13 +153,16 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
-def _make_network(config: TrainConfig) -> VelocityUNet:
+def _make_network(config: TrainConfig) -> tuple[VelocityUNet, dict[str, object] | None]:
+    """Build the network to train; return it with the card of the weights it starts from."""
     if config.init is not None:
-        return copy.deepcopy(load_prior(config.init).network).train().requires_grad_(True)
+        start = load_prior(config.init)
+        return copy.deepcopy(start.network).train().requires_grad_(True), dict(start.card)
     channels = tuple(config.channels)
-    return VelocityUNet(
+    network = VelocityUNet(
         NetworkConfig(channels=channels, z_pool=(False,) + (True,) * (len(channels) - 2))
     )
+    return network, None
 
 
 def train_prior(config: TrainConfig, progress: bool = True) -> Path:
@@ -189,7 +192,8 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
         if config.data is None
         else FolderSource(config.data, config.patch, config.voxel_size_um)
     )
-    net = _make_network(config).to(device)
+    net, init_card = _make_network(config)
+    net = net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -307,4 +311,8 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
     }
+    if init_card is not None:
+        # a fine-tune's weights owe their start to another run: keep that run's card (and,
+        # nested in it, the cards before), so that the whole history travels with the weights
+        card["fine_tuned_from"] = init_card
     return save_prior(ema.to("cpu"), config.out, card)
