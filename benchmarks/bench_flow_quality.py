@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="one PSF, one noise level")
     parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks/flow_quality.md")
+    parser.add_argument("--weights", help="prior weights file to measure (default: shipped)")
     args = parser.parse_args()
     shape = tuple(args.shape)
     rng = np.random.default_rng(0)
@@ -215,6 +216,7 @@ def main() -> None:
                         prepare_psf=False,
                         keep_samples=True,
                         device="cpu",
+                        weights=args.weights,
                     )
                 row["flow_time"], row["flow_mem"] = time.perf_counter() - t, mem.megabytes
                 row["flow1"] = scores(flow.samples[0], gt)
@@ -257,7 +259,8 @@ def write_report(rows, args, figure_case) -> None:
         "its actual error (1 for calibrated uncertainty). "
         "Wiener and flow use their automatic settings (the flow estimates the camera noise "
         "from the image). CPU, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads.",
+        f"{torch.__version__}, {torch.get_num_threads()} threads."
+        + (f" Prior weights: `{args.weights}`." if args.weights else ""),
         "",
         f"| ground truth | PSF | peak photons | RL (oracle) | RL-TV (oracle) | RL photons (oracle) "
         f"| RL photons (CV) | Wiener | flow 1 | flow mean of {k} | flow − RL (dB) "

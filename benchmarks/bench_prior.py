@@ -127,6 +127,19 @@ def conv_comparison(dtype: torch.dtype) -> list[str]:
     return rows
 
 
+def training_history(card: dict) -> str:
+    """Describe the runs behind a weights file, oldest first, from its card and those nested."""
+    runs = []
+    while card:
+        batch = (card.get("training") or {}).get("batch", "?")
+        runs.append(
+            f"{card.get('steps')} steps × {batch} patches on {card.get('device')}: "
+            f"{card.get('wall_time_s')} s"
+        )
+        card = card.get("fine_tuned_from") or {}
+    return ", then ".join(reversed(runs))
+
+
 def figure(prior, n: int, steps: int) -> None:
     import matplotlib
 
@@ -223,7 +236,7 @@ def main() -> None:
     block = "\n".join(
         [
             f"Weights: `{args.weights or 'deconflow/priors/weights/default.pt'}` "
-            f"({card.get('steps')} steps, {card.get('wall_time_s')} s of training). "
+            f"({training_history(card)}). "
             f"Held-aside volumes: one per structure type + 6 mixed, 16×96×96, voxel {VOXEL} µm "
             "(seed 20260, never seen in training), in prior units.",
             "",

@@ -9,8 +9,8 @@ split the photons of a window into independent 80 % and 20 % parts (binomial thi
 run each candidate on the 80 %, and keep the one whose blurred estimate predicts the 20 %
 best (Poisson negative log-likelihood). With the choice the flow's gain over oracle RL
 rose from +0.45 to +0.73 dB on that subset and from +0.51 to +0.69 dB on all 27 cases
-(``docs/how-it-works.md``). The held-out photons see only what the PSF passes, so the
-choice is blind to detail the optics remove.
+(with the CPU-trained weights; ``docs/how-it-works.md``). The held-out photons see only
+what the PSF passes, so the choice is blind to detail the optics remove.
 """
 
 from __future__ import annotations
