@@ -169,3 +169,27 @@ def test_the_prior_strength_is_chosen_unless_switched_off(stack):
     assert any(name in chosen.split(",")[0] for name in ("as set", "prior-led", "stronger"))
     assert notes(choose_strength=False) == []
     assert notes(sampler="exact") == []  # chosen for the Poisson sampler only
+
+
+def test_a_given_background_bounds_the_estimated_camera_offset():
+    # dense blurred structure: no voxel is dark, so the darkest ones read as a high offset
+    rng = np.random.default_rng(4)
+    psf = gaussian_psf((7, 9, 9), (1.5, 2.5, 2.5))
+    points = np.zeros((12, 40, 40))
+    points[tuple(rng.integers(0, points.shape, (1500, 3)).T)] = 1.0
+    photons = ndimage.gaussian_filter(points, (1.5, 3.0, 3.0))
+    photons *= 1000.0 / photons.max()
+    image = (OFFSET + rng.poisson(photons + 2.0)).astype(np.float32)
+    fast = {k: v for k, v in FAST.items() if k not in ("gain", "camera_offset", "read_sigma")}
+
+    def offset_in_notes(**background: float) -> float:
+        settings = DeconvolutionSettings.from_options(
+            "flow", device="cpu", choose_strength=False, first_iterations=3, **fast, **background
+        )
+        result = deconflow.pipeline.run_to_result(deconflow.iter_deconvolve(image, psf, settings))
+        note = next(n for n in result.notes if n.startswith("camera noise"))
+        return float(note.split("offset ")[1].split(" ADU")[0])
+
+    assert photons.min() > 30
+    assert offset_in_notes(background=OFFSET + 2.0) == OFFSET + 2.0
+    assert offset_in_notes() > OFFSET + 20.0  # estimated background: no bound

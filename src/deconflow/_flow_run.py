@@ -58,11 +58,18 @@ def load_flow_prior(
 _NOISE_WINDOW = (64, 512, 512)
 
 
-def calibrate_noise(data: np.ndarray, psf: np.ndarray, settings: FlowDeconvolution) -> CameraNoise:
+def calibrate_noise(
+    data: np.ndarray,
+    psf: np.ndarray,
+    settings: FlowDeconvolution,
+    background: float | None = None,
+) -> CameraNoise:
     """Return the camera's noise model: the settings' values, the rest estimated from ``data``.
 
     The PSF (sampled like ``data``) lets the estimate read the noise at the frequencies
-    the optics do not pass (:func:`~deconflow.physics.noise.estimate_camera_noise`).
+    the optics do not pass (:func:`~deconflow.physics.noise.estimate_camera_noise`). A
+    ``background`` the user gave is the offset plus haze, so it bounds an estimated
+    offset: without a dark region the darkest voxels still hold blurred signal.
     """
     gain, offset, read_sigma = settings.gain, settings.camera_offset, settings.read_sigma
     if gain is not None and offset is not None and read_sigma is not None:
@@ -73,7 +80,7 @@ def calibrate_noise(data: np.ndarray, psf: np.ndarray, settings: FlowDeconvoluti
         slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + m)
         for n, m in zip(data.shape, _NOISE_WINDOW[-data.ndim :], strict=True)
     )
-    estimated = estimate_camera_noise(data[window], offset=offset, psf=psf)
+    estimated = estimate_camera_noise(data[window], offset=offset, max_offset=background, psf=psf)
     return CameraNoise(
         gain=gain if gain is not None else estimated.gain,
         offset=estimated.offset,  # the given offset when there is one

@@ -215,7 +215,9 @@ def iter_deconvolve(
         notes.append(_tiling_note(plan, data.shape, psf_shape, settings, budget))
     if isinstance(settings.solver, FlowDeconvolution):
         prior = load_flow_prior(settings.solver, image_voxel, device)
-        noise = calibrate_noise(data, prepared.data, settings.solver)
+        # only a background the user gave bounds the offset; an estimated one is read off
+        # the same darkest voxels as the offset
+        noise = calibrate_noise(data, prepared.data, settings.solver, settings.background)
         notes.append(
             f"camera noise: gain {noise.gain:.3g} ADU/photon, offset {noise.offset:.4g} ADU, "
             f"read noise {noise.read_sigma:.3g} ADU"

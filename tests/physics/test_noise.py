@@ -95,3 +95,34 @@ def test_psf_without_an_out_of_band_region_falls_back_to_the_residual():
     delta = np.zeros((3, 3, 3))
     delta[1, 1, 1] = 1.0  # passes every frequency: nothing is out of band
     assert estimate_camera_noise(image, psf=delta) == estimate_camera_noise(image)
+
+
+def _dense_stack(seed: int = 3):
+    """Dense blurred structure with no dark region: every neighbourhood holds signal."""
+    rng = np.random.default_rng(seed)
+    shape = (16, 64, 64)
+    points = np.zeros(shape)
+    points[tuple(rng.integers(0, shape, (4000, 3)).T)] = 1.0
+    photons = ndimage.gaussian_filter(points, (2.0, 4.0, 4.0))
+    photons *= 1000.0 / photons.max()
+    offset, haze = 100.0, 2.0
+    image = offset + rng.poisson(photons + haze) + rng.normal(0.0, 1.5, shape)
+    return image, offset + haze, float(photons.min())
+
+
+def test_a_given_background_bounds_the_offset_where_no_region_is_dark():
+    image, background, floor = _dense_stack()
+    assert floor > 50  # the premise: the darkest voxels still hold many photons
+    unbounded = estimate_camera_noise(image)
+    assert unbounded.offset > background + 30  # blurred signal read as offset
+    bounded = estimate_camera_noise(image, max_offset=background)
+    assert bounded.offset == background and bounded.gain == unbounded.gain
+    # the photons at the darkest level now count as signal, not as read noise
+    assert bounded.read_sigma < 0.5 * unbounded.read_sigma
+    # a given offset wins over the bound
+    assert estimate_camera_noise(image, offset=90.0, max_offset=background).offset == 90.0
+
+
+def test_the_bound_leaves_a_stack_with_dark_regions_alone():
+    image, _, _ = _sharp_confocal_stack(150, seed=1)
+    assert estimate_camera_noise(image, max_offset=150.0) == estimate_camera_noise(image)

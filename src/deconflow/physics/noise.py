@@ -205,6 +205,7 @@ def estimate_camera_noise(
     image: np.ndarray,
     *,
     offset: float | None = None,
+    max_offset: float | None = None,
     bins: int = 24,
     psf: np.ndarray | None = None,
 ) -> CameraNoise:
@@ -222,6 +223,13 @@ def estimate_camera_noise(
     part of the field is truly dark), unless given, and the read noise is the
     noise measured there.
 
+    Where no part of the field is dark (dense structure under a wide PSF at high counts),
+    the darkest neighbourhoods still hold blurred signal and overestimate the offset: on
+    the flow benchmark's Voronoi membranes at 1000 photons, 167 ADU for a true offset of
+    100 ADU. A known background level bounds it (``max_offset``). Offset and read noise
+    then split the darkest level's variance as for a given offset. On that stack the flow
+    went from −1.12 to +0.18 dB against oracle RL once bounded.
+
     With the ``psf``, the noise variance comes instead from the frequencies the PSF
     does not pass (where ``|OTF| < 3e-3`` of its peak), which hold no signal however
     sharp the structure, and the bins are formed on a plain Gaussian mean. On the 27
@@ -237,6 +245,9 @@ def estimate_camera_noise(
         2D or 3D raw stack in ADU.
     offset : float, optional
         Known camera offset (from a dark frame or the camera's data sheet).
+    max_offset : float, optional
+        Upper bound on an estimated offset: a background level known to be the offset
+        plus haze (a user's ``background``). Ignored when ``offset`` is given.
     bins : int
         Number of intensity bins.
     psf : numpy.ndarray, optional
@@ -281,8 +292,14 @@ def estimate_camera_noise(
         return CameraNoise(gain=1.0, offset=dark_level, read_sigma=float(np.sqrt(dark_variance)))
     slope, _ = np.polyfit(centres, variances, 1, w=np.sqrt(counts))
     gain = max(float(slope), 1e-6)
-    camera_offset = dark_level if offset is None else float(offset)
-    # photons still present at the dark level (when an offset is given) add gain * their mean
+    if offset is not None:
+        camera_offset = float(offset)
+    elif max_offset is not None:
+        camera_offset = min(dark_level, float(max_offset))
+    else:
+        camera_offset = dark_level
+    # photons still present at the dark level (when the offset is given or bounded) add
+    # gain * their mean
     read_variance = max(dark_variance - gain * (dark_level - camera_offset), 0.0)
     return CameraNoise(gain=gain, offset=camera_offset, read_sigma=float(np.sqrt(read_variance)))
 
