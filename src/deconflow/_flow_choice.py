@@ -22,13 +22,12 @@ import torch
 
 from deconflow._flow_run import brightest_window
 from deconflow.physics.blur import ConvolutionOperator
-from deconflow.physics.likelihoods import PoissonLikelihood
 from deconflow.priors.normalization import Normalization
 from deconflow.solvers._schedule import Denoiser
 from deconflow.solvers.flow import FlowDeconvolution
 from deconflow.solvers.poisson_flow import PoissonFlowSampler, PoissonMeasurement
 from deconflow.solvers.richardson_lucy import RichardsonLucy
-from deconflow.solvers.stopping import split_counts
+from deconflow.solvers.stopping import heldout_nll, split_counts
 
 __all__ = ["StrengthChoice", "choose_strength", "strength_candidates"]
 
@@ -132,7 +131,6 @@ def choose_strength(
         offset=keep * normalization.offset / gain,
     )
     initial = model.to_prior(first)
-    likelihood = PoissonLikelihood()
     scores: dict[str, float] = {}
     candidates = strength_candidates(settings)
     for name, candidate in candidates.items():
@@ -142,7 +140,6 @@ def choose_strength(
         generator = torch.Generator(device=device).manual_seed(seed)
         *_, estimate = sampler.iterate(model, prior, generator, initial)
         photons = model.to_photons(estimate).clamp_min(0.0)
-        predicted = (operator.A(photons) + level) * (_HOLDOUT / keep)
-        scores[name] = float(likelihood.value(held, predicted.double()).item())
+        scores[name] = heldout_nll(held, operator.A(photons), level, _HOLDOUT)
     best = min(scores, key=lambda name: scores[name])
     return StrengthChoice(best, candidates[best], scores)

@@ -29,7 +29,7 @@ from deconflow.physics.likelihoods import PoissonLikelihood
 from deconflow.solvers._schedule import check_at_least_one
 from deconflow.solvers.richardson_lucy import RichardsonLucy
 
-__all__ = ["CrossValidatedStop", "split_counts"]
+__all__ = ["CrossValidatedStop", "heldout_nll", "split_counts"]
 
 
 def split_counts(
@@ -58,6 +58,36 @@ def split_counts(
     whole = np.rint(np.clip(counts, 0.0, None)).astype(np.int64)
     kept = rng.binomial(whole, keep)
     return kept.astype(np.float32), (whole - kept).astype(np.float32)
+
+
+def heldout_nll(
+    held: torch.Tensor,
+    blurred_kept: torch.Tensor,
+    kept_background: float,
+    holdout: float,
+) -> float:
+    """Poisson negative log-likelihood of held-out counts under an estimate from the kept ones.
+
+    Parameters
+    ----------
+    held : torch.Tensor
+        The held-out counts (float64: near a minimum the score moves by less than a
+        float32 sum's rounding over millions of voxels).
+    blurred_kept : torch.Tensor
+        ``H x`` of an estimate ``x`` made from the kept counts (image domain).
+    kept_background : float
+        The kept counts' background, ``(1 - holdout) * c``.
+    holdout : float
+        Share of the photons held out; the kept prediction is scaled by
+        ``holdout / (1 - holdout)`` to the held-out counts' expectation.
+
+    Returns
+    -------
+    float
+        The score (lower predicts the held-out photons better).
+    """
+    predicted = (blurred_kept + kept_background) * (holdout / (1.0 - holdout))
+    return float(PoissonLikelihood().value(held, predicted.double()).item())
 
 
 @dataclass(frozen=True)
@@ -133,21 +163,17 @@ class CrossValidatedStop:
             raise DeconflowError(f"background must be > 0 photons, got {background}.")
         keep = 1.0 - self.holdout
         rng = np.random.default_rng(self.seed)
-        likelihood = PoissonLikelihood()
         whole = counts.detach().cpu().numpy()
         curves: list[list[float]] = []
         for _ in range(self.folds):
             kept_np, held_np = split_counts(whole, keep, rng)
             kept = torch.from_numpy(kept_np).to(counts.device)
-            held = torch.from_numpy(held_np).to(counts.device)
+            held = torch.from_numpy(held_np).to(counts.device).double()
             solver = RichardsonLucy(self.max_iterations, accelerate=self.accelerate)
             curve: list[float] = []
             best, since = np.inf, 0
             for x in solver.iterate(kept, operator, keep * background):
-                predicted = (operator.A(x) + keep * background) * (self.holdout / keep)
-                # float64: near the minimum the curve moves by less than a float32 sum's
-                # rounding over millions of voxels
-                value = float(likelihood.value(held.double(), predicted.double()).item())
+                value = heldout_nll(held, operator.A(x), keep * background, self.holdout)
                 curve.append(value)
                 best, since = (value, 0) if value < best else (best, since + 1)
                 if since >= self.patience:
