@@ -8,7 +8,7 @@ from tests.conftest import gaussian_psf, random_beads
 from deconflow import DeconflowError
 from deconflow.physics import ConvolutionOperator
 from deconflow.solvers import RichardsonLucy
-from deconflow.solvers.stopping import CrossValidatedStop, split_counts
+from deconflow.solvers.stopping import CrossValidatedStop, DeblurredHeldOutError, split_counts
 
 
 def test_split_counts_is_exact_and_keeps_the_expected_share():
@@ -67,6 +67,47 @@ def test_chosen_iteration_is_near_the_oracle_and_grows_with_photons():
     assert chosen[3000.0] > chosen[30.0]
 
 
+def test_deblurred_score_is_unbiased_for_the_deblurred_error():
+    # for the same held-out draw, score(estimate) - score(truth) = ||W d||^2 + 2 <W n, W d>
+    # with d the difference of the two predictions and n the held-out noise (mean 0), so
+    # its average over draws is the noise-free score of the estimate: ||W d||^2
+    truth, op, _ = _blurred_beads(100.0)
+    holdout, background = 0.2, 2.0
+    keep = 1.0 - holdout
+    photons = op.extend_image(torch.from_numpy(100.0 * truth))
+    blurry = op.A_adjoint_A(photons) / float(op.A_adjoint_A(photons).sum()) * float(photons.sum())
+    score = DeblurredHeldOutError(op, 1e-3)
+    expected = holdout * (op.A(photons).double() + background)
+    exact = score(expected, op.A(keep * blurry), keep * background, holdout)
+    assert score(expected, op.A(keep * photons), keep * background, holdout) < 1e-6 * exact
+    rng = np.random.default_rng(7)
+    differences = []
+    for _ in range(200):
+        held = torch.from_numpy(rng.poisson(expected.numpy()).astype(np.float64))
+        differences.append(
+            score(held, op.A(keep * blurry), keep * background, holdout)
+            - score(held, op.A(keep * photons), keep * background, holdout)
+        )
+    mean = float(np.mean(differences))
+    standard_error = float(np.std(differences)) / np.sqrt(len(differences))
+    assert abs(mean - exact) < 4 * standard_error
+    assert exact > 10 * standard_error  # the score tells the blurred estimate apart
+
+
+def test_deblurred_score_stops_closer_to_the_best_iteration_on_sparse_beads():
+    # the held-out likelihood weighs the blurred estimate, where sharpening the beads
+    # hardly shows, and stops early; the deblurred error weighs the object itself
+    excess = {"deblurred": [], "poisson": []}
+    for seed in range(3):
+        truth, op, counts = _blurred_beads(30.0, seed)
+        errors = _rl_errors(op, counts, truth, 60)
+        for score in excess:
+            k = CrossValidatedStop(max_iterations=60, score=score).iterations(counts, op, 2.0)
+            excess[score].append(errors[k - 1] / errors.min() - 1.0)
+    assert np.mean(excess["deblurred"]) < 0.5 * np.mean(excess["poisson"])
+    assert max(excess["deblurred"]) < 0.15
+
+
 def test_choice_is_reproducible_and_seeded():
     _, op, counts = _blurred_beads(300.0)
     curve = CrossValidatedStop(seed=4).holdout_curve(counts, op, 2.0)
@@ -92,6 +133,8 @@ def test_fold_stops_after_patience():
         ({"folds": 0}, "folds"),
         ({"patience": 0}, "patience"),
         ({"max_iterations": 0}, "max_iterations"),
+        ({"score": "gaussian"}, "score"),
+        ({"regularization": 0.0}, "regularization"),
     ],
 )
 def test_invalid_settings(kwargs, match):
