@@ -31,7 +31,11 @@ from deconflow.solvers._schedule import Denoiser
 from deconflow.solvers.flow import FlowDeconvolution
 from deconflow.solvers.poisson_flow import PoissonFlowSampler, PoissonMeasurement
 from deconflow.solvers.richardson_lucy import RichardsonLucy
-from deconflow.solvers.stopping import CrossValidatedStop, DeblurredHeldOutError, split_counts
+from deconflow.solvers.stopping import (
+    DEBLUR_REGULARIZATION,
+    DeblurredHeldOutError,
+    split_counts,
+)
 
 __all__ = ["StrengthChoice", "choose_strength", "strength_candidates"]
 
@@ -135,7 +139,7 @@ def choose_strength(
         offset=keep * normalization.offset / gain,
     )
     initial = model.to_prior(first)
-    score = DeblurredHeldOutError(operator, CrossValidatedStop().regularization)
+    score = DeblurredHeldOutError(operator, DEBLUR_REGULARIZATION)
     scores: dict[str, float] = {}
     candidates = strength_candidates(settings)
     for name, candidate in candidates.items():

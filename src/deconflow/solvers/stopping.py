@@ -50,6 +50,7 @@ from deconflow.solvers._schedule import check_at_least_one
 from deconflow.solvers.richardson_lucy import RichardsonLucy
 
 __all__ = [
+    "DEBLUR_REGULARIZATION",
     "HOLDOUT_SCORES",
     "CrossValidatedStop",
     "DeblurredHeldOutError",
@@ -61,6 +62,8 @@ __all__ = [
 #: How :class:`CrossValidatedStop` scores an iterate against the held-out counts.
 HoldoutScore = Literal["deblurred", "poisson"]
 HOLDOUT_SCORES: tuple[HoldoutScore, ...] = ("deblurred", "poisson")
+#: ``eps`` of the deblurred score, relative to the OTF's peak power (module docstring).
+DEBLUR_REGULARIZATION = 1e-3
 
 
 def split_counts(
@@ -211,7 +214,7 @@ class CrossValidatedStop:
     accelerate: bool = True
     seed: int = 0
     score: HoldoutScore = "deblurred"
-    regularization: float = 1e-3
+    regularization: float = DEBLUR_REGULARIZATION
 
     def __post_init__(self) -> None:
         if not 0.0 < self.holdout < 1.0:
