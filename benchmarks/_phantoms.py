@@ -68,3 +68,14 @@ def real_derived(shape: tuple[int, int, int], repo: Path) -> np.ndarray:
     nz, ny, nx = (min(a, b) for a, b in zip(shape, binned.shape, strict=True))
     out[:nz, :ny, :nx] = binned[:nz, :ny, :nx]
     return out / out.max()
+
+
+def ground_truths(
+    shape: tuple[int, int, int], rng: np.random.Generator, repo: Path
+) -> dict[str, np.ndarray]:
+    """Return the benchmark's three ground truths by name, drawn from ``rng`` in a fixed order."""
+    return {
+        "voronoi membranes": voronoi_membranes(shape, rng),
+        "beaded rings": beaded_rings(shape, rng),
+        "real-derived grid": real_derived(shape, repo),
+    }

@@ -35,7 +35,7 @@ from deconflow.solvers import RichardsonLucy, RichardsonLucyTV
 from deconflow.solvers.stopping import CrossValidatedStop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _phantoms import beaded_rings, real_derived, voronoi_membranes
+from _phantoms import ground_truths
 from _report import publish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,11 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(args.shape)
     rng = np.random.default_rng(0)
-    truths = {
-        "voronoi membranes": voronoi_membranes(shape, rng),
-        "beaded rings": beaded_rings(shape, rng),
-        "real-derived grid": real_derived(shape, REPO),
-    }
+    truths = ground_truths(shape, rng, REPO)
     kernels = psfs(shape)
     peaks = (20, 100, 1000)
     if args.quick:

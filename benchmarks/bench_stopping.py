@@ -31,7 +31,7 @@ from deconflow.solvers import RichardsonLucy
 from deconflow.solvers.stopping import HOLDOUT_SCORES, CrossValidatedStop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _phantoms import beaded_rings, real_derived, voronoi_membranes
+from _phantoms import ground_truths
 from _report import publish
 from bench_flow_quality import GAIN, OFFSET, READ_SIGMA, REPO, VOXEL, psfs, scores, simulate
 
@@ -44,11 +44,7 @@ _MAX_ITERATIONS = 80
 def matched_cases(shape: tuple[int, ...]) -> Iterator[Case]:
     """Yield ``bench_flow_quality``'s cases, in its order and with its noise draws."""
     rng = np.random.default_rng(0)
-    truths = {
-        "voronoi membranes": voronoi_membranes(shape, rng),
-        "beaded rings": beaded_rings(shape, rng),
-        "real-derived grid": real_derived(shape, REPO),
-    }
+    truths = ground_truths(shape, rng, REPO)
     for gt_name, gt in truths.items():
         for psf_name, psf in psfs(shape).items():
             psf = psf / psf.sum()
@@ -59,11 +55,7 @@ def matched_cases(shape: tuple[int, ...]) -> Iterator[Case]:
 def mismatched_cases(shape: tuple[int, ...]) -> Iterator[Case]:
     """Yield cases whose data were blurred by one PSF and are deconvolved with another."""
     rng = np.random.default_rng(1)
-    truths = {
-        "voronoi membranes": voronoi_membranes(shape, rng),
-        "beaded rings": beaded_rings(shape, rng),
-        "real-derived grid": real_derived(shape, REPO),
-    }
+    truths = ground_truths(shape, rng, REPO)
     kernels = psfs(shape)
     kernel = kernels["widefield NA1.2"].shape
 
