@@ -75,7 +75,8 @@ def test_deblurred_score_is_unbiased_for_the_deblurred_error():
     holdout, background = 0.2, 2.0
     keep = 1.0 - holdout
     photons = op.extend_image(torch.from_numpy(100.0 * truth))
-    blurry = op.A_adjoint_A(photons) / float(op.A_adjoint_A(photons).sum()) * float(photons.sum())
+    reblurred = op.A_adjoint_A(photons)
+    blurry = reblurred * float(photons.sum() / reblurred.sum())
     score = DeblurredHeldOutError(op, 1e-3)
     expected = holdout * (op.A(photons).double() + background)
     exact = score(expected, op.A(keep * blurry), keep * background, holdout)
