@@ -85,6 +85,24 @@ def test_run_one_file_and_refuse_to_overwrite_inputs(tmp_path, capsys):
     assert image.read_bytes() == before
 
 
+def test_run_names_the_stages_before_the_solver_unless_quiet(tmp_path, capsys):
+    args = [
+        "run",
+        str(SAMPLE_DATA / "confocal_grid.tif"),
+        "--psf",
+        str(SAMPLE_DATA / "confocal_bead.tif"),
+        "--method",
+        "wiener",
+    ]
+    assert main([*args, "-o", str(tmp_path / "a.tif")]) == 0
+    err = capsys.readouterr().err
+    # the stage line comes before the solver's bar
+    assert "preparing the PSF ..." in err
+    assert err.index("preparing the PSF") < err.index("deconvolving")
+    assert main([*args, "-o", str(tmp_path / "b.tif"), "-q"]) == 0
+    assert "preparing the PSF" not in capsys.readouterr().err
+
+
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     code = main(
         [

@@ -127,6 +127,9 @@ def test_samples_drawn_together_equal_samples_drawn_one_at_a_time(stack, monkeyp
         )
         solve = [e for e in events if isinstance(e, Progress) and e.stage == "solve"]
         assert [e.step for e in solve] == sorted(e.step for e in solve)
+        # the first estimate's RL steps say whose steps they are
+        first = [e for e in events if isinstance(e, Progress) and e.stage == "estimate"]
+        assert any(e.message.startswith("first estimate: rl step") for e in first)
         assert solve[-1].step == solve[-1].total == 3 * FAST["steps"]
         return events[-1]
 

@@ -108,8 +108,16 @@ def _run_one(job: Any, quiet: bool) -> Any:
             bar = tqdm(total=total, desc="deconvolving", unit="it", file=sys.stderr, disable=quiet)
         bar.update(done - bar.n)
 
+    def status(message: str) -> None:
+        if quiet:
+            return
+        if bar is None:  # the stages before the solver: one line each
+            print(f"{message} ...", file=sys.stderr, flush=True)
+        else:
+            bar.set_postfix_str(message)
+
     try:
-        outcome = process_file(job, progress)
+        outcome = process_file(job, progress, status)
     finally:
         if bar is not None:
             bar.close()

@@ -248,6 +248,7 @@ def iter_deconvolve(
                 method="rl",
             ),
             "estimate",
+            "first estimate: ",
         )
         # photons -> the image's units above the background
         first = estimate.mean * np.float32(noise.gain)
@@ -299,15 +300,15 @@ def iter_deconvolve(
 
 
 def _relabel(
-    events: Generator[Progress, None, BlockOutput], stage: Stage
+    events: Generator[Progress, None, BlockOutput], stage: Stage, prefix: str
 ) -> Generator[Progress, None, BlockOutput]:
-    """Pass ``events`` on under another stage name; return their result."""
+    """Pass ``events`` on under another stage name, messages prefixed; return their result."""
     while True:
         try:
             event = next(events)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
-        yield dataclasses.replace(event, stage=stage)
+        yield dataclasses.replace(event, stage=stage, message=prefix + event.message)
 
 
 def _solver_for_run(

@@ -74,6 +74,25 @@ def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_factory):
     assert after < 0.85 * before, (before, after)
 
 
+def test_loss_draws_times_from_t_min_to_one():
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t, aspect=1.0):
+            seen.append(t.clone())
+            return torch.zeros_like(x)
+
+    x1 = torch.zeros(4000, 1, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    cfm_loss(Recorder(), x1, 1.0, gen)  # type: ignore[arg-type]
+    cfm_loss(Recorder(), x1, 1.0, gen, t_min=0.6)  # type: ignore[arg-type]
+    full, late = seen
+    assert full.min() < 0.01 and full.max() > 0.99
+    assert late.min() >= 0.6 and late.min() < 0.61 and late.max() > 0.99
+    # uniform on [0.6, 1): mean 0.8, standard deviation 0.4 / sqrt(12)
+    assert abs(float(late.mean()) - 0.8) < 4 * 0.4 / (12 * 4000) ** 0.5
+
+
 def test_sampling_is_seeded(tiny_net):
     prior = FlowPrior(tiny_net)
     a = prior.sample((1, 1, 4, 8, 8), steps=3, generator=torch.Generator().manual_seed(2))

@@ -146,6 +146,8 @@ def test_cli_registers_train_and_runs(tmp_path):
             "1",
             "--precision",
             "float32",
+            "--t-min",
+            "0.5",
             "-q",
         ]
     )
@@ -153,6 +155,13 @@ def test_cli_registers_train_and_runs(tmp_path):
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["command"].startswith("python -m deconflow.priors._cli train --out")
     assert card["training"]["precision"] == "float32" and card["autocast"] == "off (float32)"
+    assert card["training"]["t_min"] == 0.5
+
+
+@pytest.mark.parametrize("t_min", [-0.1, 1.0])
+def test_t_min_outside_zero_to_one_is_refused(tmp_path, t_min):
+    with pytest.raises(DeconflowError, match="t_min must be in"):
+        _tiny_config(tmp_path, t_min=t_min)
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):

@@ -38,6 +38,7 @@ PROGRESS_TOPIC = "deconflow-batch-progress"
 _PROGRESS_INTERVAL_S = 0.25
 Status = Literal["done", "skipped", "failed"]
 ProgressCallback = Callable[[int, int], None]
+StatusCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _deconvolve(
     input_sha256: str,
     psf_sha256: list[str],
     progress: ProgressCallback | None,
+    status: StatusCallback | None = None,
 ) -> str:
     from deconflow import __version__
     from deconflow.hyperstack import iter_deconvolve_hyperstack
@@ -181,6 +183,10 @@ def _deconvolve(
             # one count over all volumes and tiles: each chunk has ``total`` solver steps
             chunk = event.volume * event.tiles + event.tile
             progress(chunk * event.total + event.step, event.volumes * event.tiles * event.total)
+        elif status is not None and event.stage != "solve" and event.step == 0 and event.message:
+            # the start of a stage before the solver (PSF, noise, first estimate, prior
+            # strength): on a large flow run these take tens of seconds without a step count
+            status(event.message)
     if result is None:  # the engine always ends with a result
         raise RuntimeError("the deconvolution ended without a result")
     # back to the input's axis order, so the output reads like the input
@@ -219,7 +225,11 @@ def _deconvolve(
     return result.device
 
 
-def process_file(job: FileJob, progress: ProgressCallback | None = None) -> FileOutcome:
+def process_file(
+    job: FileJob,
+    progress: ProgressCallback | None = None,
+    status: StatusCallback | None = None,
+) -> FileOutcome:
     """Deconvolve ``job.source`` into ``job.output``, or skip it when already done.
 
     Parameters
@@ -228,6 +238,9 @@ def process_file(job: FileJob, progress: ProgressCallback | None = None) -> File
         The file and settings.
     progress : callable, optional
         Called with ``(done, total)`` solver steps over all volumes.
+    status : callable, optional
+        Called with the message of each stage that starts before or between the
+        solver's steps ("preparing the PSF", "choosing how far to trust the prior", ...).
 
     Returns
     -------
@@ -266,7 +279,7 @@ def process_file(job: FileJob, progress: ProgressCallback | None = None) -> File
                 f"{output} exists and was made {made_by}; pass --overwrite to replace it, or "
                 "choose another output folder."
             )
-        device = _deconvolve(job, key, input_sha256, psf_sha256, progress)
+        device = _deconvolve(job, key, input_sha256, psf_sha256, progress, status)
         return FileOutcome(job.source, job.output, "done", time.perf_counter() - start, device)
     except DeconflowError as exc:
         message, detail = str(exc), ""

@@ -36,6 +36,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         workers=args.workers,
         max_minutes=args.max_minutes,
+        t_min=args.t_min,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         # the main CLI does not set command_line: record how it was called
@@ -110,6 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="wall-time budget; the schedule anneals by steps or time, whichever ends first",
+    )
+    p.add_argument(
+        "--t-min",
+        type=float,
+        default=0.0,
+        help="draw flow times from [T_MIN, 1) (0 = all; a sampler fine-tune: its t_start)",
     )
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the .ckpt.pt beside --out")

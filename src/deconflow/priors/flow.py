@@ -42,6 +42,7 @@ def cfm_loss(
     x1: torch.Tensor,
     aspect: torch.Tensor | float = 1.0,
     generator: torch.Generator | None = None,
+    t_min: float = 0.0,
 ) -> torch.Tensor:
     """Conditional flow-matching loss (linear path) on a batch of data volumes.
 
@@ -55,6 +56,9 @@ def cfm_loss(
         Voxel aspect (z step / pixel size) per batch item or for all.
     generator : torch.Generator, optional
         For reproducible ``t`` and noise.
+    t_min : float
+        Times are drawn uniformly from ``[t_min, 1)``: a fine-tune can spend the whole
+        budget on the times the samplers use (they start at ``t_start``).
 
     Returns
     -------
@@ -62,7 +66,7 @@ def cfm_loss(
         Mean squared error between ``v(x_t, t)`` and ``x1 - eps``.
     """
     b = x1.shape[0]
-    t = torch.rand(b, generator=generator, device=x1.device)
+    t = t_min + (1.0 - t_min) * torch.rand(b, generator=generator, device=x1.device)
     eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
     v = network(interpolate(x1, eps, t), t, aspect)
     return torch.mean((v.float() - (x1 - eps).float()) ** 2)

@@ -78,6 +78,10 @@ class TrainConfig:
         Wall-time budget: the learning-rate schedule follows whichever of steps or time
         runs out first, and training stops there (so a loaded CPU still gets a full
         anneal). Runs with a time limit are not bit-reproducible; omit it for that.
+    t_min : float
+        Flow times are drawn uniformly from ``[t_min, 1)`` (0: all of them). A fine-tune
+        for the samplers can raise it to their earliest ``t_start``; the prior's samples
+        from noise (``FlowPrior.sample``) then rely on what earlier training taught.
     checkpoint_every : int
         Steps between checkpoints.
     resume : bool
@@ -106,6 +110,7 @@ class TrainConfig:
     threads: int | None = None
     workers: int = 0
     max_minutes: float | None = None
+    t_min: float = 0.0
     checkpoint_every: int = 50
     resume: bool = False
     command: str = ""
@@ -119,6 +124,8 @@ class TrainConfig:
             raise DeconflowError(f"workers must be 0 or more, got {self.workers}.")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise DeconflowError(f"patch must be three positive sizes (z, y, x), got {self.patch}")
+        if not 0.0 <= self.t_min < 1.0:
+            raise DeconflowError(f"t_min must be in [0, 1), got {self.t_min}.")
         check_precision(self.precision)
 
 
@@ -232,7 +239,9 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, progress_now())
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = cfm_loss(net, batch.x1.to(device), batch.aspect.to(device), gen)
+                loss = cfm_loss(
+                    net, batch.x1.to(device), batch.aspect.to(device), gen, config.t_min
+                )
             if not torch.isfinite(loss):
                 raise DeconflowError(
                     f"The training loss is not finite at step {step + 1} (precision "
