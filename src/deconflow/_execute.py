@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -92,7 +93,8 @@ def _blend(plan: TilePlan, shape: tuple[int, ...], outputs: list[BlockOutput]) -
             if name not in sums:
                 lead = value.shape[: value.ndim - len(shape)]
                 sums[name] = np.zeros((*lead, *shape), dtype=np.float32)
-            sums[name][(..., *tile)] += w * value
+            where: tuple[EllipsisType | slice, ...] = (..., *tile)
+            sums[name][where] += w * value
     return BlockOutput(**{name: total / weights for name, total in sums.items()})
 
 

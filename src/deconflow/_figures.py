@@ -59,7 +59,7 @@ def save_comparison_figure(
         ax_xy = fig.add_subplot(grid[0, col])
         ax_xy.imshow(volume[z0], cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
         ax_xy.set_title(f"{label}\nxy, z = {z0}", fontsize=9)
-        ax_xy.axhline(y0, color="cyan", lw=0.5, alpha=0.6)
+        ax_xy.axhline(float(y0), color="cyan", lw=0.5, alpha=0.6)
         ax_xz = fig.add_subplot(grid[1, col])
         ax_xz.imshow(
             volume[:, y0, :],

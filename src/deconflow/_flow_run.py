@@ -218,8 +218,8 @@ def flow_block_solver(
             trajectories = partial(sampler.iterate_batch, gaussian, context.prior)
         initial = None
         if settings.t_start > 0:
-            first = torch.from_numpy(np.ascontiguousarray(context.first_estimate[index]))
-            initial = operator.extend_image(norm.apply(first).to(device))
+            tile_estimate = torch.from_numpy(np.ascontiguousarray(context.first_estimate[index]))
+            initial = operator.extend_image(norm.apply(tile_estimate).to(device))
         samples = []
         object_sum = torch.zeros(operator.object_shape, device=device)
         total = settings.total_steps

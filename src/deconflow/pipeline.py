@@ -134,7 +134,7 @@ def prepared_psf(
             f"The PSF sums to {total:g}; it must be positive. Pass the bead stack with "
             "prepare_psf=True (the default) to subtract its background."
         )
-    data = checked.astype(np.float64) / total
+    data: np.ndarray = checked.astype(np.float64) / total
     notes: list[str] = []
     if image_voxel is not None and psf_voxel is not None and image_voxel != psf_voxel:
         data = resample_psf(data, psf_voxel, image_voxel)
@@ -307,7 +307,7 @@ def _relabel(
         try:
             event = next(events)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
         yield dataclasses.replace(event, stage=stage, message=prefix + event.message)
 
 

@@ -12,8 +12,9 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     Container,
@@ -21,12 +22,14 @@ from magicgui.widgets import (
     FloatSpinBox,
     LineEdit,
     SpinBox,
-    Widget,
 )
 
 from deconflow.config import METHODS, DeconvolutionSettings
 
 __all__ = ["MethodOptions", "method_label", "method_section"]
+
+#: The widgets an option can get; each has a ``value``.
+OptionWidget: TypeAlias = "CheckBox | SpinBox | FloatSpinBox | FileEdit | LineEdit"
 
 #: Display names of the methods known today; other methods show their own name.
 _METHOD_LABELS = {
@@ -94,7 +97,7 @@ def _is_path(name: str, annotation: Any) -> bool:
 
 def _make_widget(
     field: dataclasses.Field[Any], annotation: Any, by_name: bool
-) -> tuple[Widget, bool]:
+) -> tuple[OptionWidget, bool]:
     """Widget for one field and whether it belongs in the advanced section.
 
     With ``by_name`` the main section holds the fields named in ``_MAIN_KNOBS``;
@@ -103,12 +106,12 @@ def _make_widget(
     label with ``metadata={"label": ...}``.
     """
     inner, optional = _unwrap_optional(annotation)
-    default = field.default if field.default is not dataclasses.MISSING else None
+    default: Any = field.default if field.default is not dataclasses.MISSING else None
     if field.default_factory is not dataclasses.MISSING:
         default = field.default_factory()
     label = field.metadata.get("label", _label(field.name))
     tooltip = field.metadata.get("help")
-    widget: Widget
+    widget: OptionWidget
     if inner is bool:
         widget = CheckBox(value=bool(default), label=label, tooltip=tooltip)
         advanced = True
@@ -124,7 +127,12 @@ def _make_widget(
         widget.tooltip = tooltip
         advanced = False
     elif _is_path(field.name, inner):
-        widget = FileEdit(mode="r", value=default or "", label=label, tooltip=tooltip)
+        widget = FileEdit(
+            mode=FileDialogMode.EXISTING_FILE,
+            value=Path(default) if default else None,
+            label=label,
+            tooltip=tooltip,
+        )
         advanced = False
     else:
         # optional numbers and tuples: free text, "auto" for None (estimated by the solver)
@@ -180,9 +188,9 @@ class MethodOptions:
         section = method_section(method)
         hints = typing.get_type_hints(section)
         self._annotations: dict[str, Any] = {}
-        self.widgets: dict[str, Widget] = {}
-        main: list[Widget] = []
-        advanced: list[Widget] = []
+        self.widgets: dict[str, OptionWidget] = {}
+        main: list[OptionWidget] = []
+        advanced: list[OptionWidget] = []
         fields = [f for f in dataclasses.fields(section) if f.init]
         by_name = any(f.name in _MAIN_KNOBS for f in fields)
         for field in fields:
@@ -193,7 +201,7 @@ class MethodOptions:
         self.main = Container(widgets=main, labels=True)
         self.advanced = Container(widgets=advanced, labels=True)
 
-    def __getitem__(self, name: str) -> Widget:
+    def __getitem__(self, name: str) -> OptionWidget:
         """Return the widget of option ``name``."""
         return self.widgets[name]
 
@@ -210,7 +218,7 @@ class MethodOptions:
             value = widget.value
             if isinstance(widget, LineEdit):
                 try:
-                    value = _parse(value, self._annotations[name])
+                    value = _parse(widget.value, self._annotations[name])
                 except ValueError as exc:
                     raise ValueError(f"{widget.label}: cannot read {widget.value!r}.") from exc
             elif isinstance(widget, FileEdit):

@@ -8,7 +8,7 @@ outcome into the viewer on the GUI thread.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,7 @@ def run_events(job: Job) -> Generator[Progress, None, Result | HyperstackResult 
         spatial_ndim = 3 if job.axes.endswith("ZYX") else 2
         psf = _psf_arrays(job, spatial_ndim)
         image = np.asarray(job.image)
+        events: Iterator[Progress | Result | HyperstackResult]
         if len(job.axes) == spatial_ndim and isinstance(psf, np.ndarray):
             events = iter_deconvolve(image, psf, job.settings)
         else:

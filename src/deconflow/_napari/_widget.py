@@ -15,6 +15,7 @@ from typing import Any
 
 import napari
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -27,6 +28,7 @@ from magicgui.widgets import (
     PushButton,
     RadioButtons,
     SpinBox,
+    Widget,
 )
 from napari.layers import Image
 from napari.qt.threading import GeneratorWorker, create_worker
@@ -115,12 +117,15 @@ class DeconvolutionWidget(Container):
         self.axes = LineEdit(label="Axes", tooltip="e.g. ZYX, CZYX, TCZYX")
         self.voxel = _VoxelEdit("Voxel zyx µm")
         self.psf_source = RadioButtons(
-            label="PSF from", choices=["layer", "file"], value="layer", orientation="horizontal"
+            label="PSF from", choices=["layer", "file"], orientation="horizontal"
         )
+        self.psf_source.value = "layer"
         self.psf_layer = ComboBox(
             label="PSF layer", choices=lambda _: _image_layers(viewer, ("psf", "bead"))
         )
-        self.psf_file = FileEdit(label="PSF file", mode="r", filter="*.tif *.tiff")
+        self.psf_file = FileEdit(
+            label="PSF file", mode=FileDialogMode.EXISTING_FILE, filter="*.tif *.tiff"
+        )
         self.psf_voxel = _VoxelEdit("PSF voxel zyx µm")
         self.method = ComboBox(
             label="Method", choices=[(method_label(m), m) for m in METHODS], value=default_method()
@@ -138,7 +143,7 @@ class DeconvolutionWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.status = Label(label="Status", value="ready")
-        self._advanced = [self.background_auto, self.background, self.prepare_psf]
+        self._advanced: list[Widget] = [self.background_auto, self.background, self.prepare_psf]
         self._advanced += [self.preview_size, self.preview_planes]
         self.extend(
             [self.image, self.axes, self.voxel, self.psf_source, self.psf_layer, self.psf_file]

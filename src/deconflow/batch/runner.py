@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -76,7 +77,7 @@ def _log_outcome(logger: logging.Logger, outcome: FileOutcome, verbose: bool) ->
             for handler in logger.handlers:
                 if isinstance(handler, logging.FileHandler) or verbose:
                     handler.handle(
-                        logger.makeRecord(logger.name, level, "", 0, outcome.detail, None, None)
+                        logger.makeRecord(logger.name, level, "", 0, outcome.detail, (), None)
                     )
     else:
         logger.info(
@@ -125,7 +126,7 @@ class _Bars:
 
 def _run_serial(jobs: Sequence[FileJob], bars: _Bars, done: list[FileOutcome], log: Any) -> None:
     for job in jobs:
-        outcome = process_file(job, lambda d, t, s=job.source: bars.update_file(s, d, t))
+        outcome = process_file(job, partial(bars.update_file, job.source))
         bars.finish_file(outcome)
         done.append(outcome)
         log(outcome)

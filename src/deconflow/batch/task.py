@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,12 @@ from deconflow.batch.files import record_for, sha256_file
 from deconflow.batch.settings import resolve_voxel_sizes
 from deconflow.config import DeconvolutionSettings
 from deconflow.io._atomic import atomic_destination
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from deconflow.hyperstack import HyperstackResult
+    from deconflow.pipeline import Result
 
 __all__ = ["FileJob", "FileOutcome", "process_file", "process_file_on_worker", "resume_key"]
 
@@ -166,6 +172,7 @@ def _deconvolve(
     canonical = _canonical_axes(image.axes, source)
     order = [image.axes.index(a) for a in canonical]
     data = np.transpose(image.data, order)
+    events: Iterator[Progress | Result | HyperstackResult]
     if canonical in ("ZYX", "YX"):
         if len(psfs) > 1:
             raise DeconflowError(

@@ -7,7 +7,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tifffile
@@ -120,7 +120,8 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
             else:
                 meta = tif.imagej_metadata or {}
                 scale = _unit_scale(meta.get("unit", "um")) if meta else 1.0
-                y, x = _resolution_um(tif.pages[0], scale)
+                # a file's first page is always a full page, never a frame sharing tags
+                y, x = _resolution_um(cast(tifffile.TiffPage, tif.pages[0]), scale)
                 z = float(meta["spacing"]) * scale if "spacing" in meta else None
                 if not meta:
                     # plain TIFF: resolution tags in inches or cm say nothing about the sample

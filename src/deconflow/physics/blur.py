@@ -26,6 +26,7 @@ closed-form Fourier solves that need it.
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Literal
 
 import numpy as np
@@ -263,8 +264,9 @@ class ConvolutionOperator:
     def crop_to_image(self, x: torch.Tensor) -> torch.Tensor:
         """Return the measured window of an object-domain tensor (a view)."""
         self._check(x, self._object_shape, "object")
-        index = tuple(slice(c, c + n) for c, n in zip(self.margin, self._image_shape, strict=True))
-        return x[(..., *index)]
+        window = (slice(c, c + n) for c, n in zip(self.margin, self._image_shape, strict=True))
+        index: tuple[EllipsisType | slice, ...] = (..., *window)
+        return x[index]
 
     def extend_image(self, y: torch.Tensor) -> torch.Tensor:
         """Extend an image-domain tensor to the object domain by edge replication.

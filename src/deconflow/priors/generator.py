@@ -206,12 +206,12 @@ def _membranes(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: floa
     phi = phi + rng.uniform(0, 2) * (ramp - ramp.mean()) / max(_extent(shape, vox).max(), 1e-6)
     grads = np.gradient(phi, *vox)
     grad = np.sqrt(sum(g**2 for g in grads))
-    normal = [g / (grad + 1e-6) for g in grads]
+    unit_normal = [g / (grad + 1e-6) for g in grads]
     dist = phi / (grad + 1e-6)  # ≈ signed distance (µm) to the level set phi = 0
     wall = max(_loguniform(rng, 0.03, 0.12), 0.25 * min(vox[1:]))
     out = np.zeros(shape, np.float32)
     for level in rng.uniform(-1.0, 1.0, max(1, int(rng.poisson(1.5 * density)))):
-        out += _sheet(dist - level / (grad.mean() + 1e-6), wall, normal, vox)
+        out += _sheet(dist - level / (grad.mean() + 1e-6), wall, unit_normal, vox)
     return out
 
 

@@ -11,7 +11,9 @@ slower; at equal wall time it would gain ~20 % width and lose oblique 3D kernels
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -55,11 +57,14 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, mapping: dict[str, object]) -> NetworkConfig:
         """Inverse of :meth:`to_dict`."""
+        # the mapping comes from a weights file; the constructor's checks validate the values
+        channels = cast("Sequence[int]", mapping["channels"])
+        z_pool = cast("Sequence[bool]", mapping["z_pool"])
         return cls(
-            channels=tuple(int(c) for c in mapping["channels"]),  # type: ignore[union-attr]
-            z_pool=tuple(bool(b) for b in mapping["z_pool"]),  # type: ignore[union-attr]
-            embed_dim=int(mapping["embed_dim"]),  # type: ignore[arg-type]
-            groups=int(mapping["groups"]),  # type: ignore[arg-type]
+            channels=tuple(int(c) for c in channels),
+            z_pool=tuple(bool(b) for b in z_pool),
+            embed_dim=int(cast("int", mapping["embed_dim"])),
+            groups=int(cast("int", mapping["groups"])),
         )
 
 
@@ -86,6 +91,13 @@ def group_norm_by_reduction(
     shift = bias.float() - mean.repeat_interleave(c // groups, dim=1) * gain
     trailing = (1,) * (x.ndim - 2)
     return torch.addcmul(shift.view(b, c, *trailing), xf, gain.view(b, c, *trailing))
+
+
+def _zero(conv: nn.Conv3d) -> None:
+    """Zero a convolution's weights and bias, so that its block starts as the identity."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 class _GroupNorm(nn.GroupNorm):
@@ -117,8 +129,7 @@ class _ResBlock(nn.Module):
         self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         # start as (almost) identity: stabilises the first hundred steps of a short CPU run
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        _zero(self.conv2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -159,8 +170,7 @@ class VelocityUNet(nn.Module):
         )
         self.out_norm = _GroupNorm(g, ch[0])
         self.out = nn.Conv3d(ch[0], 1, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero(self.out)
 
     def stride(self, is_2d: bool = False) -> tuple[int, int, int]:
         """Spatial multiple (z, y, x) the padded input must have."""

@@ -138,5 +138,6 @@ def load_prior(
     device = torch.device(device)
     dtype = resolve_precision(precision, device)
     if dtype == torch.bfloat16 and device.type == "cpu":
-        network = network.to(memory_format=torch.channels_last_3d)  # oneDNN's fast layout
+        # oneDNN's fast layout; torch's stubs omit Module.to's memory_format keyword
+        network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     return FlowPrior(network.to(device), voxel_aspect=1.0, card=dict(card), compute_dtype=dtype)

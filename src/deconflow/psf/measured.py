@@ -150,7 +150,7 @@ def centre_of_mass_near_peak(psf: FloatArray) -> FloatArray:
     neighbours. The centre of mass uses the unsmoothed values.
     """
     smooth = ndimage.gaussian_filter(psf, sigma=1.0, mode="constant")
-    peak = np.unravel_index(int(np.argmax(smooth)), psf.shape)
+    peak = tuple(int(p) for p in np.unravel_index(int(np.argmax(smooth)), psf.shape))
     widths = [
         _half_max_width(
             smooth[tuple(slice(None) if a == i else p for a, p in enumerate(peak))], peak[i]
@@ -165,7 +165,7 @@ def centre_of_mass_near_peak(psf: FloatArray) -> FloatArray:
     total = local.sum()
     if total <= 0:
         return np.asarray(peak, dtype=np.float64)
-    grids = np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij")
+    grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij")
     return np.asarray([(g * local).sum() / total for g in grids])
 
 

@@ -220,7 +220,8 @@ def _ifft2_at_crop(
     # Accumulate rather than assign: when automatic oversampling was capped,
     # a band wider than the lattice folds onto itself (aliasing), as it would
     # in a full FFT.
-    np.add.at(spectrum, (slice(None), row_of, cols % ax.n_fine), values)
+    # numpy's stubs type ufunc.at's index as one array; a tuple with a slice is valid numpy
+    np.add.at(spectrum, (slice(None), row_of, cols % ax.n_fine), values)  # type: ignore[arg-type]
     half = sp_fft.ifft(spectrum, axis=-1, overwrite_x=True, workers=-1)[..., ax.crop_index()]
     del spectrum
     full = np.zeros((n, ay.n_fine, half.shape[-1]), dtype=np.complex128)
@@ -344,7 +345,7 @@ def _check_geometry(
     is_2d = len(dims) == 2
     if is_2d:
         # The z step of a single plane is never used; any positive value works.
-        return (1, int(dims[0]), int(dims[1])), (1.0, *sizes_f), True
+        return (1, int(dims[0]), int(dims[1])), (1.0, sizes_f[0], sizes_f[1]), True
     return (int(dims[0]), int(dims[1]), int(dims[2])), (sizes_f[0], sizes_f[1], sizes_f[2]), False
 
 

@@ -41,7 +41,10 @@ def tv_divergence(x: torch.Tensor, spacing: tuple[float, ...], epsilon: float) -
         axis = x.ndim - ndim + i
         g = torch.diff(x, dim=axis, append=x.narrow(axis, x.shape[axis] - 1, 1)) / h
         grads.append(g)
-    norm = torch.sqrt(sum(g * g for g in grads) + epsilon**2)
+    squares = grads[0] * grads[0]
+    for g in grads[1:]:
+        squares = squares + g * g
+    norm = torch.sqrt(squares + epsilon**2)
     divergence = torch.zeros_like(x)
     for i, (g, h) in enumerate(zip(grads, spacing, strict=True)):
         axis = x.ndim - ndim + i
