@@ -69,3 +69,43 @@ def test_a_prior_that_knows_the_object_is_trusted_and_a_blind_one_is_not(beads, 
     assert choice.name in chosen, choice.scores
     assert choice.settings == strength_candidates(settings)[choice.name]
     assert choice.scores[choice.name] == min(choice.scores.values())
+
+
+def test_candidates_start_from_the_windows_estimate_edge_extended_like_the_full_run(
+    beads, monkeypatch
+):
+    # The full run starts its samples from the first estimate inside the stack, edge-extended
+    # over the margin; the candidates must start the same way, so whatever RL puts in the
+    # margin (here 0 or a huge value) cannot change their scores.
+    import deconflow._flow_choice as choice_module
+
+    psf, op, truth, counts = beads
+    inside = torch.zeros(op.object_shape, dtype=torch.bool)
+    inside[tuple(slice(m, m + n) for m, n in zip(op.margin, SHAPE, strict=True))] = True
+    real_rl = choice_module.RichardsonLucy
+
+    def scores_with_margin(value: float) -> dict[str, float]:
+        class MarginRL(real_rl):
+            def __call__(self, *args, **kwargs):
+                estimate = super().__call__(*args, **kwargs)
+                return torch.where(inside, estimate, torch.full_like(estimate, value))
+
+        monkeypatch.setattr(choice_module, "RichardsonLucy", MarginRL)
+        prior = WindowPrior(truth / SCALE, prior_window(op))
+        settings = FlowDeconvolution(steps=3, em_iterations=5, seed=0)
+        return choose_strength(
+            counts,
+            psf,
+            BACKGROUND,
+            10,
+            Normalization(0.0, SCALE),
+            1.0,
+            prior,
+            settings,
+            torch.device("cpu"),
+        ).scores
+
+    zero, huge = scores_with_margin(0.0), scores_with_margin(1e5)
+    assert zero.keys() == huge.keys()
+    for name in zero:
+        assert huge[name] == pytest.approx(zero[name], rel=1e-6), name
