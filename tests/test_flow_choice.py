@@ -34,6 +34,21 @@ def beads():
     return psf, op, truth, counts
 
 
+def _choose(counts, psf, prior, settings):
+    """The choice on the fixture's stack: background, 10 RL iterations, scale, gain 1, CPU."""
+    return choose_strength(
+        counts,
+        psf,
+        BACKGROUND,
+        10,
+        Normalization(0.0, SCALE),
+        1.0,
+        prior,
+        settings,
+        torch.device("cpu"),
+    )
+
+
 def test_candidates_are_the_settings_then_a_prior_led_and_a_stronger_prior():
     settings = FlowDeconvolution(prior_weight=0.5, em_iterations=20)
     candidates = strength_candidates(settings)
@@ -54,17 +69,7 @@ def test_a_prior_that_knows_the_object_is_trusted_and_a_blind_one_is_not(beads, 
     answer = truth / SCALE if knows else torch.zeros_like(truth)
     prior = WindowPrior(answer, prior_window(op))
     settings = FlowDeconvolution(steps=3, em_iterations=5, seed=0)
-    choice = choose_strength(
-        counts,
-        psf,
-        BACKGROUND,
-        10,
-        Normalization(0.0, SCALE),
-        1.0,
-        prior,
-        settings,
-        torch.device("cpu"),
-    )
+    choice = _choose(counts, psf, prior, settings)
     assert set(choice.scores) == {"as set", "prior-led", "stronger prior"}
     assert choice.name in chosen, choice.scores
     assert choice.settings == strength_candidates(settings)[choice.name]
@@ -93,17 +98,7 @@ def test_candidates_start_from_the_windows_estimate_edge_extended_like_the_full_
         monkeypatch.setattr(choice_module, "RichardsonLucy", MarginRL)
         prior = WindowPrior(truth / SCALE, prior_window(op))
         settings = FlowDeconvolution(steps=3, em_iterations=5, seed=0)
-        return choose_strength(
-            counts,
-            psf,
-            BACKGROUND,
-            10,
-            Normalization(0.0, SCALE),
-            1.0,
-            prior,
-            settings,
-            torch.device("cpu"),
-        ).scores
+        return _choose(counts, psf, prior, settings).scores
 
     zero, huge = scores_with_margin(0.0), scores_with_margin(1e5)
     assert zero.keys() == huge.keys()
