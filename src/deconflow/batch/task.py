@@ -15,7 +15,7 @@ import platform
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,8 +31,6 @@ from deconflow.config import DeconvolutionSettings
 from deconflow.io._atomic import atomic_destination
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from deconflow.hyperstack import HyperstackResult
     from deconflow.pipeline import Result
 
