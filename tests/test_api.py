@@ -147,7 +147,12 @@ def test_cuda_requested_but_absent(simulated):
 @pytest.mark.parametrize("method", [*METHODS, "flow"])
 def test_cuda_gives_the_cpus_answer(simulated, method):
     image, psf, _, _ = simulated
-    options = {"steps": 3, "samples": 2, "seed": 0} if method == "flow" else {}
+    # the strength choice is left out: on these sparse beads it is a near tie that bfloat16
+    # rounding on other hardware flips (held-out scores of the prior-led candidate -4.1k on
+    # one CPU, -4.5k on another, +4.6k on an H100, against a 51k spread of the candidates)
+    options = (
+        {"steps": 3, "samples": 2, "seed": 0, "choose_strength": False} if method == "flow" else {}
+    )
     results = {
         device: deconflow.deconvolve_with_uncertainty(image, psf, device=device, **options)
         if method == "flow"
@@ -157,9 +162,9 @@ def test_cuda_gives_the_cpus_answer(simulated, method):
     cpu, cuda = (r.mean if method == "flow" else r for r in results.values())
     difference = float(np.linalg.norm(cuda - cpu) / np.linalg.norm(cpu))
     # classical methods: float32 FFTs summed in another order, which accelerated RL can
-    # amplify a little; flow: CUDA's random streams differ from the CPU's, so the means
-    # differ as two seeds' do (0.35 % between CPU seeds)
-    assert difference < (0.02 if method == "flow" else 5e-3), difference
+    # amplify a little; flow: the pipeline draws its noise from seeded CPU generators, so
+    # both devices see the same draws (5e-5 apart on an H100; two seeds differ by ~1 %)
+    assert difference < 5e-3, difference
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def choose_strength(
         sampler = candidate.build_sampler()
         if not isinstance(sampler, PoissonFlowSampler):
             raise TypeError("the prior's strength is chosen for the Poisson sampler only")
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
         *_, estimate = sampler.iterate(model, prior, generator, initial)
         photons = model.to_photons(estimate).clamp_min(0.0)
         scores[name] = score(held, operator.A(photons), level, _HOLDOUT)

@@ -227,9 +227,8 @@ def flow_block_solver(
         base_seed = settings.seed if settings.seed is not None else int(torch.seed() % 2**31)
         for first in range(0, settings.samples, samples_per_batch):
             drawn = range(first, min(first + samples_per_batch, settings.samples))
-            generators = [
-                torch.Generator(device=device).manual_seed(base_seed + 7919 * k) for k in drawn
-            ]
+            # CPU generators: a seed draws the same noise on every device
+            generators = [torch.Generator().manual_seed(base_seed + 7919 * k) for k in drawn]
             which = (
                 f"sample {first + 1}/{settings.samples}"
                 if len(drawn) == 1
@@ -268,7 +267,7 @@ def flow_block_solver(
             context.noise.shifted_background(background),
             iterations=context.first_iterations,
             replicates=max(settings.samples, 2),
-            generator=torch.Generator(device=device).manual_seed(base_seed + 1),
+            generator=torch.Generator().manual_seed(base_seed + 1),
         )
         noise_std = to_image(operator, spread * context.noise.gain, clip=True)
         # the samples' spread (where the prior is unsure) and the photon noise's, independent

@@ -41,9 +41,18 @@ def posterior_variance(t: float, data_variance: float) -> float:
 def normal_noise(
     shape: Sequence[int], like: torch.Tensor, generator: torch.Generator
 ) -> Callable[[], torch.Tensor]:
-    """Return a source of standard normal draws of ``shape`` on ``like``'s device and dtype."""
+    """Return a source of standard normal draws of ``shape`` on ``like``'s device and dtype.
+
+    A CPU ``generator`` draws on the CPU and the draws are moved to ``like``'s device, so
+    one seed gives the same noise on every device (the pipeline seeds CPU generators); a
+    generator on ``like``'s device draws there.
+    """
+    on_cpu = generator.device.type == "cpu"
 
     def draw() -> torch.Tensor:
+        if on_cpu:
+            cpu = torch.randn(tuple(shape), generator=generator, dtype=like.dtype)
+            return cpu.to(like.device)
         return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
 
     return draw

@@ -46,7 +46,8 @@ def bootstrap_std(
     replicates : int
         Number of re-drawn images (>= 2).
     generator : torch.Generator
-        Source of the re-draws, on the counts' device.
+        Source of the re-draws: on the CPU (drawn there and moved, so a seed gives the same
+        re-draws on every device) or on the counts' device.
 
     Returns
     -------
@@ -61,7 +62,10 @@ def bootstrap_std(
     mean = torch.zeros(operator.object_shape, dtype=counts.dtype, device=counts.device)
     squares = torch.zeros_like(mean)
     for number in range(1, replicates + 1):
-        redrawn = torch.poisson(counts.clamp_min(0.0), generator=generator)
+        rates = counts.clamp_min(0.0)
+        if generator.device.type != rates.device.type:
+            rates = rates.cpu()
+        redrawn = torch.poisson(rates, generator=generator).to(counts.device)
         estimate = solver(redrawn, operator, background)
         delta = estimate - mean
         mean += delta / number
