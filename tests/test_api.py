@@ -163,8 +163,9 @@ def test_cuda_gives_the_cpus_answer(simulated, method):
     difference = float(np.linalg.norm(cuda - cpu) / np.linalg.norm(cpu))
     # classical methods: float32 FFTs summed in another order, which accelerated RL can
     # amplify a little; flow: the pipeline draws its noise from seeded CPU generators, so
-    # both devices see the same draws (5e-5 apart on an H100; two seeds differ by ~1 %)
-    assert difference < 5e-3, difference
+    # both devices see the same draws (5e-5 apart on an H100, where two seeds are 4e-3
+    # apart: the bound tells the same draws from other ones)
+    assert difference < (1e-3 if method == "flow" else 5e-3), difference
 
 
 @pytest.mark.parametrize(
