@@ -315,3 +315,17 @@ def test_config_file_and_argument_errors(tmp_path, psf_file, capsys):
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1, err
+
+
+def test_quiet_prints_one_line_per_failed_file(tmp_path, psf_file, capsys):
+    # docs/batch.md: "-q/--quiet: no bars and no table, only one line per failed file"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "c_garbage.tif").write_bytes(b"II*\x00garbage")
+    out = tmp_path / "out"
+    assert main(["batch", str(data_dir), "--psf", str(psf_file), "-o", str(out), "-q"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "c_garbage.tif" in lines[0] and "Could not read" in lines[0], lines
+    assert (out / "deconflow-batch.log").read_text().count("ERROR failed") == 1

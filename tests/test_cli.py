@@ -190,3 +190,21 @@ def test_another_module_can_register_a_subcommand(monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "fake_train_cli"))
     assert main(["fake-train", "--epochs", "3"]) == 0
     assert capsys.readouterr().out == "trained 3\n"
+
+
+def test_a_3d_psf_for_a_2d_image_is_named_as_the_problem(tmp_path, capsys):
+    # both files carry voxel sizes: the mismatch is the PSF's axes, not the voxel sizes
+    image = tmp_path / "plane.tif"
+    tifffile.imwrite(
+        image,
+        np.random.default_rng(0).poisson(10.0, (20, 20)).astype(np.uint16),
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"unit": "um"},
+    )
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    code = main(["run", str(image), "--psf", psf, "-o", str(tmp_path / "o.tif"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "confocal_bead.tif is 3D" in err and "2 spatial axes" in err, err
+    assert "voxel_size_um" not in err

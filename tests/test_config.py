@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 
 from deconflow import DeconflowError, DeconvolutionSettings
@@ -57,3 +58,33 @@ def test_from_options_routes_options_to_the_method_section():
     settings = DeconvolutionSettings.from_options("wiener", regularization=0.1, background="auto")
     assert settings.solver.regularization == 0.1
     assert settings.background is None
+
+
+def test_hand_written_exponent_floats_are_numbers():
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string; people write it that way
+    settings = DeconvolutionSettings.from_yaml(
+        "background: 1e2\nrl_tv:\n  tv_weight: 1e-3\nmemory_budget_gb: 2.5E+0\n"
+    )
+    assert settings.background == 100.0
+    assert settings.rl_tv.tv_weight == 0.001
+    assert settings.memory_budget_gb == 2.5
+
+
+def test_numpy_scalars_are_accepted_as_numbers():
+    # values computed with numpy (a shape entry, an array's mean) are numbers too
+    settings = DeconvolutionSettings.from_options(
+        "rl",
+        iterations=np.int64(5),
+        background=np.float32(100.0),
+        tile_shape=(np.int64(16), np.int64(32)),
+    )
+    assert settings.rl.iterations == 5 and type(settings.rl.iterations) is int
+    assert settings.background == 100.0 and type(settings.background) is float
+    assert settings.tile_shape == (16, 32)
+    assert DeconvolutionSettings.from_yaml(settings.to_yaml()) == settings
+    with pytest.raises(DeconflowError, match="integer"):
+        DeconvolutionSettings.from_options("rl", iterations=np.float64(5.0))
+    with pytest.raises(DeconflowError, match="true or false"):
+        DeconvolutionSettings.from_options("rl", accelerate=np.int64(1))
+    flag = np.bool_(False)
+    assert DeconvolutionSettings.from_options("rl", accelerate=flag).rl.accelerate is False

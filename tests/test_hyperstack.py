@@ -59,3 +59,11 @@ def test_wrong_number_of_psfs(tczyx):
     psf = gaussian_psf((5, 7, 7), (1, 1, 1))
     with pytest.raises(DeconflowError, match="2 PSFs for 3 channels"):
         list(iter_deconvolve_hyperstack(tczyx, [psf, psf], axes="TCZYX"))
+
+
+def test_a_psf_with_other_axes_than_the_volumes_is_named(tczyx):
+    psf = gaussian_psf((5, 7, 7), (1, 1, 1))
+    with pytest.raises(DeconflowError, match=r"volumes are 3D \(ZYX\) but a PSF is 2D"):
+        list(iter_deconvolve_hyperstack(tczyx[0], psf[2], axes="CZYX"))
+    with pytest.raises(DeconflowError, match=r"volumes are 2D \(YX\) but a PSF is 3D"):
+        list(iter_deconvolve_hyperstack(tczyx[0, :, 0], psf, axes="CYX"))

@@ -24,7 +24,9 @@ def check_name(
     choices = sorted(allowed)
     if name in choices:
         return
-    alias = (aliases or {}).get(str(name).strip().lower().replace("_", "-"))
+    normalized = str(name).strip().lower().replace("_", "-")
+    # "RL" or "rl_tv" (the settings section's name) mean an allowed name in another spelling
+    alias = normalized if normalized in choices else (aliases or {}).get(normalized)
     close = [alias] if alias else difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise DeconflowError(f"Unknown {kind} {name!r}.{hint} Choose from: {', '.join(choices)}.")

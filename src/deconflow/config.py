@@ -8,11 +8,14 @@ they are built, so the settings and the solvers cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import yaml
 
 from deconflow._errors import DeconflowError
@@ -41,6 +44,21 @@ _COMMON_OPTIONS = ("background", "prepare_psf", "tile_shape", "memory_budget_gb"
 SCHEMA_VERSION = 1
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``1e-3`` as a number, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``); a hand-written
+    ``tv_weight: 1e-3`` would otherwise arrive as the string ``'1e-3'``.
+    """
+
+
+_SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -66,16 +84,18 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise DeconflowError(f"{name} must be a list of numbers, got {value!r}.")
         (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
         return tuple(_coerce(v, item, name) for v in value)
+    # numpy scalars (np.int64 from a shape, np.float32 from an array's mean) count as numbers
+    is_bool = isinstance(value, bool | np.bool_)
     if annotation is bool:
-        if not isinstance(value, bool):
+        if not is_bool:
             raise DeconflowError(f"{name} must be true or false, got {value!r}.")
-        return value
+        return bool(value)
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if is_bool or not isinstance(value, numbers.Integral):
             raise DeconflowError(f"{name} must be an integer, got {value!r}.")
-        return value
+        return int(value)
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if is_bool or not isinstance(value, numbers.Real):
             raise DeconflowError(f"{name} must be a number, got {value!r}.")
         return float(value)
     if annotation is str:
@@ -102,7 +122,7 @@ class DeconvolutionSettings:
     Attributes
     ----------
     method : str
-        ``"rl"`` (Richardson–Lucy, default), ``"rl-tv"`` or ``"wiener"``.
+        ``"rl"`` (Richardson–Lucy, default), ``"rl-tv"``, ``"wiener"`` or ``"flow"``.
     voxel_size_um : tuple of float or None
         Image voxel size (z, y, x) or (y, x) in micrometres.
     psf_voxel_size_um : tuple of float or None
@@ -288,7 +308,7 @@ class DeconvolutionSettings:
     def from_yaml(cls, text: str) -> DeconvolutionSettings:
         """Parse :meth:`to_yaml`'s output (or a hand-written subset of it)."""
         try:
-            mapping = yaml.safe_load(text)
+            mapping = yaml.load(text, Loader=_SettingsLoader)
         except yaml.YAMLError as exc:
             raise DeconflowError(f"Settings are not valid YAML: {exc}") from exc
         return cls.from_dict(mapping or {})

@@ -76,6 +76,9 @@ class HyperstackResult:
         Device used.
     elapsed_s : float
         Wall time of the whole run.
+    std : numpy.ndarray or None
+        Per-voxel standard deviation over the posterior samples, the shape of
+        ``image`` (flow only).
     """
 
     image: np.ndarray
@@ -85,6 +88,7 @@ class HyperstackResult:
     backgrounds: tuple[float, ...]
     device: str
     elapsed_s: float
+    std: np.ndarray | None = None
 
     def provenance(self) -> dict[str, Any]:
         """JSON-serialisable record of how the result was made."""
@@ -133,6 +137,13 @@ def iter_deconvolve_hyperstack(
     lead_shape = data.shape[: len(leading)]
     n_channels = lead_shape[leading.index("C")] if "C" in leading else 1
     psfs = [psf] if isinstance(psf, np.ndarray) else list(psf)
+    for p in psfs:
+        if np.ndim(p) != len(spatial):
+            raise DeconflowError(
+                f"The image's volumes are {len(spatial)}D ({spatial}) but a PSF is "
+                f"{np.ndim(p)}D {np.shape(p)}; give each PSF the volumes' axes "
+                f"(a {len(spatial)}D bead stack)."
+            )
     if len(psfs) not in (1, n_channels):
         raise DeconflowError(
             f"Got {len(psfs)} PSFs for {n_channels} channels; give one PSF for all channels "
@@ -146,6 +157,7 @@ def iter_deconvolve_hyperstack(
     # prepared PSFs already sit at the image's voxel size: the inner runs only normalise them
     inner = dataclasses.replace(settings, prepare_psf=False, psf_voxel_size_um=image_voxel)
     out = np.empty(data.shape, dtype=np.float32)
+    std: np.ndarray | None = None
     indices = list(itertools.product(*(range(n) for n in lead_shape)))
     backgrounds: list[float] = []
     device = ""
@@ -161,6 +173,10 @@ def iter_deconvolve_hyperstack(
         if result is None:  # iter_deconvolve always ends with a result
             raise RuntimeError("a volume ended without a result")
         out[index] = result.image
+        if result.std is not None:  # flow: every volume has one
+            if std is None:
+                std = np.zeros(data.shape, dtype=np.float32)
+            std[index] = result.std
         backgrounds.append(result.background)
         device = result.device
     yield HyperstackResult(
@@ -171,4 +187,5 @@ def iter_deconvolve_hyperstack(
         backgrounds=tuple(backgrounds),
         device=device,
         elapsed_s=time.perf_counter() - start,
+        std=std,
     )

@@ -187,6 +187,12 @@ def iter_deconvolve(
         )
     image_voxel = check_voxel_size(settings.voxel_size_um, data.ndim, "voxel_size")
     psf_voxel = check_voxel_size(settings.psf_voxel_size_um, data.ndim, "psf_voxel_size")
+    if settings.tile_shape is not None and len(settings.tile_shape) != data.ndim:
+        order = "(z, y, x)" if data.ndim == 3 else "(y, x)"
+        raise DeconflowError(
+            f"tile_shape {settings.tile_shape} has {len(settings.tile_shape)} entries but the "
+            f"image has {data.ndim} axes; give one size per axis, ordered {order}, or None."
+        )
     if psf_voxel is None:
         psf_voxel = image_voxel
     if image_voxel is None and settings.psf_voxel_size_um is not None:
@@ -201,6 +207,12 @@ def iter_deconvolve(
     background = (
         settings.background if settings.background is not None else estimate_background(data)
     )
+    if settings.background is None and isinstance(
+        settings.solver, RichardsonLucy | RichardsonLucyTV
+    ):
+        # RL's Poisson model needs b >= 0; on offset-subtracted data (noise around 0) the
+        # estimate lands a little below 0, which means no background at all
+        background = max(background, 0.0)
     budget = (
         int(settings.memory_budget_gb * 1e9)
         if settings.memory_budget_gb is not None
@@ -380,9 +392,9 @@ def deconvolve(
         Raw bead stack or PSF with the same axes as ``image``. By default it
         is prepared (background, centring, crop, sum 1; see
         :func:`deconflow.psf.prepare_psf`).
-    method : {"rl", "rl-tv", "wiener"}
-        Richardson–Lucy (default), Richardson–Lucy with total variation, or
-        Wiener–Tikhonov.
+    method : {"rl", "rl-tv", "wiener", "flow"}
+        Richardson–Lucy (default), Richardson–Lucy with total variation,
+        Wiener–Tikhonov, or posterior sampling with the flow prior.
     voxel_size : tuple of float, optional
         Image voxel size (z, y, x) in micrometres.
     psf_voxel_size : tuple of float, optional
@@ -391,9 +403,13 @@ def deconvolve(
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     **options
-        Method options: ``iterations`` and ``accelerate`` (rl, rl-tv),
-        ``tv_weight`` (rl-tv), ``regularization`` (wiener), and for every
-        method ``background`` (a number, or ``"auto"``) and ``prepare_psf``.
+        Method options: ``iterations`` (rl, rl-tv, wiener), ``accelerate``
+        (rl, rl-tv), ``tv_weight`` and ``spacing`` (rl-tv), ``regularization``
+        and ``clip_negative`` (wiener), the fields of
+        :class:`~deconflow.solvers.flow.FlowDeconvolution` (flow: ``steps``,
+        ``samples``, ``prior_weight``, ``seed``, ...), and for every method
+        ``background`` (a number, or ``"auto"``), ``prepare_psf``, ``tile_shape``
+        and ``memory_budget_gb``.
 
     Returns
     -------

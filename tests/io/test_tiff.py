@@ -120,3 +120,47 @@ def test_description_of_foreign_or_broken_files_is_none(tmp_path):
     tifffile.imwrite(other, np.zeros((4, 5), np.uint8), ome=True, metadata={"Description": "hi"})
     for path in (plain, broken, other, tmp_path / "missing.ome.tif"):
         assert read_ome_description(path) is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "stored"),
+    [
+        (np.float64, np.float32),
+        (np.int32, np.float32),
+        (np.uint32, np.float32),
+        (np.int8, np.int16),
+        (bool, np.uint8),
+        (np.uint16, np.uint16),
+        (np.float32, np.float32),
+    ],
+)
+def test_write_tiff_stores_any_real_dtype_as_an_imagej_type(tmp_path, dtype, stored):
+    # numpy's default float64 (and int32, bool) are not ImageJ types; they are converted
+    data = (np.arange(2 * 3 * 4).reshape(2, 3, 4) % 7 - (dtype == np.int8)).astype(dtype)
+    image = read_tiff(write_tiff(tmp_path / "a.tif", data, voxel_size_um=(0.5, 0.2, 0.1)))
+    assert image.data.dtype == stored
+    np.testing.assert_array_equal(image.data, data.astype(stored))
+    np.testing.assert_allclose(image.voxel_size_um, (0.5, 0.2, 0.1), rtol=1e-6)
+
+
+def test_write_tiff_refuses_what_it_cannot_store(tmp_path):
+    with pytest.raises(DeconflowError, match="write_ome_tiff"):
+        write_tiff(tmp_path / "a.tif", np.zeros((2, 2, 3, 4), np.float32))
+    with pytest.raises(DeconflowError, match="complex"):
+        write_tiff(tmp_path / "a.tif", np.zeros((3, 4), complex))
+    with pytest.raises(DeconflowError, match="does not fit a 3D"):
+        write_tiff(tmp_path / "a.tif", np.zeros((2, 3, 4), np.float32), voxel_size_um=(0.1, 0.1))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)])
+def test_uncalibrated_imagej_files_have_no_voxel_size(tmp_path, shape):
+    # without a voxel size the file must not read back as 1 µm pixels (a 2D bead measured
+    # at 0.1 µm would then be shrunk tenfold to "match" the image)
+    data = np.zeros(shape, np.uint16)
+    assert read_tiff(write_tiff(tmp_path / "a.tif", data)).voxel_size_um is None
+    tifffile.imwrite(tmp_path / "b.tif", data, imagej=True)
+    assert read_tiff(tmp_path / "b.tif").voxel_size_um is None
+    # a calibration without a unit is still read (as µm)
+    tifffile.imwrite(tmp_path / "c.tif", data, imagej=True, resolution=(10.0, 10.0))
+    np.testing.assert_allclose(read_tiff(tmp_path / "c.tif").voxel_size_um[-2:], (0.1, 0.1))

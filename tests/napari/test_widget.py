@@ -272,3 +272,132 @@ def test_settings_round_trip_through_the_form(viewer_widget):
     widget.method_options["wiener"]["regularization"].value = "auto"
     assert widget.settings().wiener.regularization is None
     assert isinstance(widget.method_options["wiener"]["regularization"], LineEdit)
+
+
+def test_every_setting_a_yaml_file_can_hold_survives_the_form(viewer_widget):
+    """Options with a non-None default can be set to None, shared options are in the form."""
+    _, widget = viewer_widget
+    flow = deconflow.DeconvolutionSettings.from_options(
+        "flow",
+        voxel_size=(0.3, 0.1, 0.1),
+        psf_voxel_size=(0.3, 0.1, 0.1),
+        device="cuda:1",  # a second GPU: kept, not replaced by "auto"
+        seed=None,  # a fresh seed each run (the default is 0)
+        precision="float32",
+        tile_shape=(16, 96, 96),
+        memory_budget_gb=2.5,
+        camera_offset=100.0,
+    )
+    widget.set_settings(flow)
+    assert widget.settings() == flow
+    # typed by hand: "auto" is None where None is allowed, and a value of its own elsewhere
+    widget.set_settings(deconflow.DeconvolutionSettings(method="flow"))
+    options = widget.method_options["flow"]
+    options["seed"].value = "auto"
+    options["precision"].value = "auto"
+    widget.common_options["tile_shape"].value = "32, 128, 128"
+    settings = widget.settings()
+    assert settings.flow.seed is None and settings.flow.precision == "auto"
+    assert settings.tile_shape == (32, 128, 128)
+    assert widget.common_options["tile_shape"] in widget._advanced
+    # a weights file from earlier settings does not outlive settings without one
+    options["weights"].value = __file__
+    widget.set_settings(deconflow.DeconvolutionSettings(method="flow"))
+    assert widget.settings().flow.weights is None
+    # Wiener's iterations=0 (the one-shot Fourier filter) is a valid setting
+    wiener = deconflow.DeconvolutionSettings.from_options("wiener", iterations=0)
+    widget.set_settings(wiener)
+    assert widget.settings().wiener.iterations == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "psf_ndim", "axes", "volumes"),
+    [
+        ((48, 48), 3, "YX", "2D (YX)"),  # was "Got 17 PSFs for 1 channels"
+        ((16, 48, 48), 2, "ZYX", "3D (ZYX)"),
+        ((2, 8, 32, 32), 2, "CZYX", "3D (ZYX)"),  # was "ValueError: zip() argument 2 ..."
+    ],
+)
+def test_a_psf_with_other_axes_than_the_image_is_named_in_the_error(
+    wait_idle, viewer_widget, simulated, errors, shape, psf_ndim, axes, volumes
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    image = viewer.add_image(np.full(shape, measured.mean(), np.float32), name="cells")
+    viewer.add_image(psf if psf_ndim == 3 else psf[psf.shape[0] // 2], name="bead psf")
+    widget.image.value = image
+    assert widget.axes.value == axes
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    assert len(errors) == 1
+    assert f"PSF is {psf_ndim}D" in errors[0] and f"volumes are {volumes}" in errors[0]
+    assert len(viewer.layers) == 2 and widget.status.value == "failed"
+
+
+def test_psf_voxel_size_follows_the_psf_source(viewer_widget, simulated, tmp_path):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)  # the PSF layer's scale is SCALE
+    path = write_tiff(tmp_path / "bead.tif", simulated[2], voxel_size_um=(0.1, 0.04, 0.04))
+    widget.psf_source.value = "file"
+    widget.psf_file.value = path
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04), rel=1e-4)
+    widget.psf_source.value = "layer"  # the layer's PSF must not be read at the file's voxels
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+    widget.psf_source.value = "file"
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04), rel=1e-4)
+
+
+def test_flow_on_a_multichannel_layer_gives_its_std_layer(wait_idle, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    small = measured[:8, :32, :32]
+    stack = np.stack([small, 2 * small])  # CZYX
+    raw = viewer.add_image(stack, name="two channels", scale=(1.0, *SCALE))
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    widget.image.value = raw
+    _fast(widget, "flow")
+    widget.method_options["flow"]["choose_strength"].value = False
+    widget.run()
+    wait_idle(widget, timeout=120_000)
+    std = viewer.layers["two channels deconvolved std (flow)"]
+    assert std.data.shape == stack.shape and not std.visible
+    assert np.isfinite(std.data).all() and (std.data.reshape(2, -1).max(axis=1) > 0).all()
+    np.testing.assert_allclose(std.scale, raw.scale)
+
+
+def test_preview_of_a_time_lapse_uses_the_current_time_point(wait_idle, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    small = measured[:8, :32, :32]
+    frames = viewer.add_image(np.stack([small, 2 * small, 3 * small]), name="tl", scale=(5, *SCALE))
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    widget.image.value = frames
+    widget.axes.value = "TZYX"
+    _fast(widget, "rl")
+    widget.show_advanced.value = True
+    widget.preview_size.value = 16
+    viewer.dims.set_point(0, 2 * 5.0)  # time point 2
+    widget.run(preview=True)
+    wait_idle(widget)
+    layer = viewer.layers["tl preview (rl)"]
+    assert layer.data.shape == (8, 16, 16) and layer.ndim == 3
+    start = np.round(np.asarray(layer.translate) / np.asarray(SCALE)).astype(int)
+    z, y, x = start
+    crop = 3 * small[z : z + 8, y : y + 16, x : x + 16]
+    expected = deconflow.deconvolve(crop, psf, voxel_size=SCALE, iterations=2)
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-4, atol=1e-4 * expected.max())
+
+
+def test_an_unknown_device_from_settings_is_an_error_not_auto(
+    wait_idle, viewer_widget, simulated, errors
+):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)
+    widget.set_settings(deconflow.DeconvolutionSettings(device="tpu"))
+    assert widget.device.value == "tpu"  # was silently replaced by "auto"
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    assert len(errors) == 1 and "tpu" in errors[0]
+    assert len(viewer.layers) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -26,7 +27,7 @@ from magicgui.widgets import (
 
 from deconflow.config import METHODS, DeconvolutionSettings
 
-__all__ = ["MethodOptions", "method_label", "method_section"]
+__all__ = ["MethodOptions", "Options", "method_label", "method_section", "set_option"]
 
 #: The widgets an option can get; each has a ``value``.
 OptionWidget: TypeAlias = "CheckBox | SpinBox | FloatSpinBox | FileEdit | LineEdit"
@@ -39,7 +40,7 @@ _METHOD_LABELS = {
     "wiener": "Wiener",
 }
 #: Words spelled out or capitalised in labels built from field names.
-_WORDS = {"tv": "TV", "um": "(µm)", "nm": "(nm)", "psf": "PSF", "cg": "CG"}
+_WORDS = {"tv": "TV", "um": "(µm)", "nm": "(nm)", "gb": "(GB)", "psf": "PSF", "cg": "CG"}
 #: Options a user tunes first, shown outside the advanced section when a method has them:
 #: the issue's main knobs (steps, samples, prior strength, noise model, weights file). A
 #: field's ``metadata={"advanced": bool}`` overrides this; methods without any of these
@@ -116,7 +117,9 @@ def _make_widget(
         widget = CheckBox(value=bool(default), label=label, tooltip=tooltip)
         advanced = True
     elif inner is int and not optional:
-        widget = SpinBox(value=default, min=1, max=100_000, label=label, tooltip=tooltip)
+        # from 0: the settings validate the range (Wiener's iterations=0 is its one-shot
+        # filter), and their message says what is allowed
+        widget = SpinBox(value=default, min=0, max=100_000, label=label, tooltip=tooltip)
         advanced = False
     elif inner is float and not optional:
         # spin boxes round to their decimals: small weights (0.002) need many
@@ -160,13 +163,19 @@ def _to_text(value: Any) -> str:
 
 
 def _parse(text: str, annotation: Any) -> Any:
-    """Text of a free-text field -> value (``"auto"``/empty -> None); errors are ValueError."""
-    inner, _ = _unwrap_optional(annotation)
+    """Text of a free-text field -> value; errors are ValueError.
+
+    ``"auto"``/empty stands for ``None`` only in optional fields: in a plain text
+    option (``precision``, ``sampler``) ``"auto"`` is a value of its own.
+    """
+    inner, optional = _unwrap_optional(annotation)
     text = text.strip()
-    if text.lower() in (AUTO, "", "none"):
+    if optional and text.lower() in (AUTO, "", "none"):
         return None
     if typing.get_origin(inner) is tuple:
-        return tuple(float(v) for v in text.replace(",", " ").split())
+        (item,) = {a for a in typing.get_args(inner) if a is not Ellipsis}
+        convert = int if item is int else float
+        return tuple(convert(v) for v in text.replace(",", " ").split())
     if inner is int:
         return int(text)
     if inner is float:
@@ -174,24 +183,39 @@ def _parse(text: str, annotation: Any) -> Any:
     return text
 
 
-class MethodOptions:
-    """The option widgets of one method: a main and an advanced container.
+def set_option(widget: OptionWidget, value: Any) -> None:
+    """Show ``value`` (a settings value) in ``widget``; ``None`` reads ``auto`` or no file."""
+    if isinstance(widget, LineEdit):
+        widget.value = AUTO if value is None else _to_text(value)
+    elif isinstance(widget, FileEdit):
+        if value is None:
+            widget.line_edit.value = ""  # FileEdit.value = "" would give the working folder
+        else:
+            widget.value = Path(value)
+    elif value is not None:
+        widget.value = value
+
+
+class Options:
+    """Option widgets for fields of a settings dataclass: a main and an advanced container.
 
     Parameters
     ----------
-    method : str
-        A key of :data:`deconflow.config.METHODS`.
+    section : type
+        The dataclass.
+    names : collection of str, optional
+        The fields to show (default: every ``init`` field).
     """
 
-    def __init__(self, method: str) -> None:
-        self.method = method
-        section = method_section(method)
+    def __init__(self, section: type, names: Collection[str] | None = None) -> None:
         hints = typing.get_type_hints(section)
         self._annotations: dict[str, Any] = {}
         self.widgets: dict[str, OptionWidget] = {}
         main: list[OptionWidget] = []
         advanced: list[OptionWidget] = []
-        fields = [f for f in dataclasses.fields(section) if f.init]
+        fields = [
+            f for f in dataclasses.fields(section) if f.init and (names is None or f.name in names)
+        ]
         by_name = any(f.name in _MAIN_KNOBS for f in fields)
         for field in fields:
             widget, is_advanced = _make_widget(field, hints[field.name], by_name)
@@ -206,7 +230,7 @@ class MethodOptions:
         return self.widgets[name]
 
     def values(self) -> dict[str, Any]:
-        """Option values as keyword arguments of the method's settings.
+        """Option values as keyword arguments of the settings (``None``: estimate / none).
 
         Raises
         ------
@@ -226,7 +250,26 @@ class MethodOptions:
             values[name] = value
         return values
 
+    def set_values(self, settings: Any) -> None:
+        """Fill every widget from the matching attribute of ``settings``."""
+        for name, widget in self.widgets.items():
+            set_option(widget, getattr(settings, name))
+
     def set_visible(self, visible: bool, advanced: bool) -> None:
         """Show the main options (and the advanced ones when ``advanced``)."""
         self.main.visible = visible
         self.advanced.visible = visible and advanced
+
+
+class MethodOptions(Options):
+    """The option widgets of one method: a main and an advanced container.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`deconflow.config.METHODS`.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        super().__init__(method_section(method))

@@ -16,6 +16,7 @@ import numpy as np
 from napari.layers import Image
 from napari.viewer import Viewer
 
+from deconflow._errors import DeconflowError
 from deconflow.config import DeconvolutionSettings
 from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack
 from deconflow.io import read_tiff
@@ -84,10 +85,26 @@ class Job:
 def _psf_arrays(job: Job, spatial_ndim: int) -> np.ndarray | list[np.ndarray]:
     psf = job.psf if job.psf is not None else read_tiff(str(job.psf_path)).data
     psf = np.asarray(psf)
-    if psf.ndim == spatial_ndim + 1:  # a stack of per-channel PSFs, channel first
+    spatial = job.axes[-spatial_ndim:]
+    # a stack of per-channel PSFs (channel first) only where there are channels: a 3D PSF
+    # for a 2D image is a wrong PSF, not 17 planes of one
+    channels = "C" in job.axes[:-spatial_ndim] or job.psf_channel is not None
+    if psf.ndim == spatial_ndim + 1 and channels:
         if job.psf_channel is not None:
+            if job.psf_channel >= psf.shape[0]:
+                raise DeconflowError(
+                    f"The PSF stack has {psf.shape[0]} channels; the image's channel "
+                    f"{job.psf_channel} has none. Give one PSF per channel, or one for all."
+                )
             return psf[job.psf_channel]
         return [psf[c] for c in range(psf.shape[0])]
+    if psf.ndim != spatial_ndim:
+        per_channel = f", or a {spatial_ndim + 1}D stack of one per channel" if channels else ""
+        raise DeconflowError(
+            f"The PSF is {psf.ndim}D {psf.shape} but the image's volumes are "
+            f"{spatial_ndim}D ({spatial}); give a {spatial_ndim}D PSF{per_channel}, or "
+            "correct the image's axes."
+        )
     return psf
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import napari
 import numpy as np
+import torch
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
@@ -35,7 +36,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
 from deconflow._errors import DeconflowError
-from deconflow._napari._fields import MethodOptions, method_label
+from deconflow._napari._fields import MethodOptions, Options, method_label
 from deconflow._napari._jobs import (
     Failure,
     Job,
@@ -52,6 +53,19 @@ from deconflow.pipeline import Progress, Result
 __all__ = ["DeconvolutionWidget", "default_method"]
 
 _DEVICES = ("auto", "cpu", "cuda")
+#: Options of every method that the form shows in its advanced section.
+_COMMON = {
+    "tile_shape": "Largest tile z, y, x in voxels; 'auto' tiles only when the stack does not "
+    "fit the memory budget",
+    "memory_budget_gb": "Memory a run may plan for, in GB; 'auto': 50 % of the available RAM "
+    "on the CPU, 80 % of the free GPU memory on CUDA",
+}
+
+
+def _device_choices() -> list[str]:
+    """``auto``, ``cpu``, ``cuda`` and, with several GPUs, each of them (``cuda:N``)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [*_DEVICES, *(f"cuda:{i}" for i in range(count) if count > 1)]
 
 
 def default_method() -> str:
@@ -131,11 +145,14 @@ class DeconvolutionWidget(Container):
             label="Method", choices=[(method_label(m), m) for m in METHODS], value=default_method()
         )
         self.method_options = {m: MethodOptions(m) for m in METHODS}
-        self.device = ComboBox(label="Device", choices=list(_DEVICES), value="auto")
+        self.device = ComboBox(label="Device", choices=_device_choices(), value="auto")
         self.show_advanced = CheckBox(text="Advanced options", value=False)
         self.background_auto = CheckBox(label="Estimate background", value=True)
         self.background = FloatSpinBox(label="Background", value=0.0, min=0.0, max=1e9)
         self.prepare_psf = CheckBox(label="Prepare PSF (bead)", value=True)
+        self.common_options = Options(DeconvolutionSettings, tuple(_COMMON))
+        for name, tooltip in _COMMON.items():
+            self.common_options[name].tooltip = tooltip
         self.preview_size = SpinBox(label="Preview y, x (px)", value=64, min=8, max=2048)
         self.preview_planes = SpinBox(label="Preview z planes", value=9, min=1, max=1024)
         self.preview_button = PushButton(text="Preview")
@@ -144,6 +161,7 @@ class DeconvolutionWidget(Container):
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self.status = Label(label="Status", value="ready")
         self._advanced: list[Widget] = [self.background_auto, self.background, self.prepare_psf]
+        self._advanced += list(self.common_options.widgets.values())
         self._advanced += [self.preview_size, self.preview_planes]
         self.extend(
             [self.image, self.axes, self.voxel, self.psf_source, self.psf_layer, self.psf_file]
@@ -160,6 +178,7 @@ class DeconvolutionWidget(Container):
         self.image.changed.connect(self._on_image)
         self.psf_layer.changed.connect(self._on_psf_layer)
         self.psf_file.changed.connect(self._on_psf_file)
+        self.psf_source.changed.connect(self._on_psf_source)
         for widget in (self.psf_source, self.method, self.show_advanced, self.background_auto):
             widget.changed.connect(self._update_visibility)
         self.run_button.changed.connect(lambda: self.run())
@@ -204,6 +223,13 @@ class DeconvolutionWidget(Container):
         if layer is not None:
             self.psf_voxel.set(tuple(layer.scale[-min(layer.ndim, 3) :]))
 
+    def _on_psf_source(self) -> None:
+        # the PSF voxel size follows the source chosen, not the one looked at last
+        if self.psf_source.value == "file":
+            self._on_psf_file(self.psf_file.value)
+        else:
+            self._on_psf_layer(self.psf_layer.value)
+
     def _on_psf_file(self, path: Any) -> None:
         if not str(path) or not str(path).lower().endswith((".tif", ".tiff")):
             return
@@ -232,6 +258,7 @@ class DeconvolutionWidget(Container):
         ndim = self._spatial_ndim()
         try:
             options = self.method_options[method].values()
+            common = self.common_options.values()
         except ValueError as exc:
             raise DeconflowError(str(exc)) from exc
         return DeconvolutionSettings.from_options(
@@ -241,13 +268,16 @@ class DeconvolutionWidget(Container):
             device=self.device.value,
             background="auto" if self.background_auto.value else float(self.background.value),
             prepare_psf=bool(self.prepare_psf.value),
-            **{k: v for k, v in options.items() if v is not None},
+            **common,
+            **options,
         )
 
     def set_settings(self, settings: DeconvolutionSettings) -> None:
         """Fill the form from ``settings`` (e.g. read with ``DeconvolutionSettings.from_yaml``)."""
         self.method.value = settings.method
-        self.device.value = settings.device if settings.device in _DEVICES else "auto"
+        if settings.device not in self.device.choices:  # e.g. "cuda:1" from a YAML file
+            self.device.choices = [*self.device.choices, settings.device]
+        self.device.value = settings.device
         self.background_auto.value = settings.background is None
         self.background.value = settings.background or 0.0
         self.prepare_psf.value = settings.prepare_psf
@@ -256,12 +286,8 @@ class DeconvolutionWidget(Container):
         psf_voxel = settings.psf_voxel_size_um or settings.voxel_size_um  # None: the image's
         if psf_voxel is not None:
             self.psf_voxel.set(psf_voxel)
-        options = self.method_options[settings.method]
-        for name, widget in options.widgets.items():
-            value = getattr(settings.solver, name)
-            if isinstance(widget, LineEdit):
-                value = "auto" if value is None else ", ".join(map(str, np.atleast_1d(value)))
-            widget.value = value if value is not None else widget.value
+        self.common_options.set_values(settings)
+        self.method_options[settings.method].set_values(settings.solver)
 
     # -- running ------------------------------------------------------------
     def _job(self, preview: bool) -> Job:

@@ -55,7 +55,8 @@ def open_log(out_dir: Path, verbose: bool, quiet: bool) -> logging.Logger:
     to_file.setLevel(logging.DEBUG)
     console = _TqdmHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
-    console.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    # quiet: the command itself prints one line per failed file at the end
+    console.setLevel(logging.DEBUG if verbose else logging.CRITICAL if quiet else logging.WARNING)
     logger.addHandler(to_file)
     logger.addHandler(console)
     return logger

@@ -160,6 +160,14 @@ def _deconvolve(
             f"The PSF files have different voxel sizes {sorted(map(str, psf_voxels))}; give "
             "--psf-voxel-size, or resample the PSFs to one voxel size."
         )
+    spatial = sum(1 for a in image.axes if a in "ZYX")
+    for psf_path, psf in zip(job.psfs, psfs, strict=True):
+        if psf.data.ndim != spatial:
+            raise DeconflowError(
+                f"The PSF {Path(psf_path).name} is {psf.data.ndim}D {psf.data.shape} but "
+                f"{source.name} has {spatial} spatial axes (axes {image.axes!r}); give a PSF "
+                "with the image's spatial axes (a 3D bead stack for Z stacks, 2D for YX images)."
+            )
     settings = resolve_voxel_sizes(
         job.settings,
         flag=job.voxel_size_um,

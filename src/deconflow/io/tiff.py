@@ -126,6 +126,10 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 if not meta:
                     # plain TIFF: resolution tags in inches or cm say nothing about the sample
                     y = x = None
+                elif "unit" not in meta and "spacing" not in meta and y == x == scale:
+                    # ImageJ's "uncalibrated": 1 pixel per unit and no unit (what tifffile
+                    # writes without a resolution), not a 1 µm pixel
+                    y = x = None
     except Exception as exc:  # a damaged file can fail anywhere inside tifffile
         raise DeconflowError(f"Could not read {p} as TIFF ({exc}); is the file complete?") from exc
     spatial = sum(1 for a in axes if a in "ZYX")
@@ -136,6 +140,17 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     else:
         voxel = tuple(float(v) for v in values)  # type: ignore[arg-type]
     return TiffImage(data=data, axes=axes, voxel_size_um=voxel)
+
+
+def _imagej_dtype(data: np.ndarray) -> np.ndarray:
+    """Return ``data`` in a type ImageJ stores (uint8, uint16, int16, float32), converting it."""
+    if data.dtype.char in "BHhf":
+        return data
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if data.dtype == np.int8:
+        return data.astype(np.int16)
+    return data.astype(np.float32)
 
 
 def write_tiff(
@@ -156,7 +171,9 @@ def write_tiff(
     path : str or path-like
         Destination.
     data : numpy.ndarray
-        Array with axes (Z, Y, X) or (Y, X).
+        Array with axes (Z, Y, X) or (Y, X). ImageJ stores uint8, uint16, int16
+        and float32; booleans are written as uint8, int8 as int16 and every
+        other type (float64, int32, ...) as float32.
     voxel_size_um : tuple of float, optional
         Voxel size (z, y, x) or (y, x) in micrometres, stored so that Fiji and
         napari read the right scale.
@@ -168,11 +185,34 @@ def write_tiff(
     -------
     pathlib.Path
         The written path.
+
+    Raises
+    ------
+    DeconflowError
+        When ``data`` is not 2D or 3D real numbers, or ``voxel_size_um`` does
+        not fit it.
     """
     dest = Path(path)
-    ij_meta: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX", "unit": "um"}
+    data = np.asarray(data)
+    if data.ndim not in (2, 3) or not (
+        data.dtype == bool
+        or np.issubdtype(data.dtype, np.integer)
+        or np.issubdtype(data.dtype, np.floating)
+    ):
+        raise DeconflowError(
+            f"write_tiff writes a 2D (Y, X) or 3D (Z, Y, X) array of real numbers, got shape "
+            f"{data.shape} and dtype {data.dtype}; use write_ome_tiff for hyperstacks."
+        )
+    if voxel_size_um is not None and len(voxel_size_um) not in (data.ndim, 3):
+        raise DeconflowError(
+            f"voxel_size_um {tuple(voxel_size_um)} does not fit a {data.ndim}D array; give "
+            "(z, y, x) or (y, x) in micrometres."
+        )
+    data = _imagej_dtype(data)
+    ij_meta: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX"}
     resolution = None
     if voxel_size_um is not None:
+        ij_meta["unit"] = "um"
         if data.ndim == 3:
             ij_meta["spacing"] = float(voxel_size_um[0])
         # tifffile takes (x, y) pixels per unit

@@ -152,7 +152,7 @@ class VelocityUNet(nn.Module):
     (edge-replicated) to a multiple of the network's stride and the output cropped back,
     so the output has the input's shape. A 2D input is run as one z plane with no z
     pooling. ``aspect`` is the z step over the pixel size (1 for 2D); the network was
-    trained on aspects 1–5 and sees ``log(aspect)``.
+    trained on aspects 1–6 and sees ``log(aspect)``.
     """
 
     def __init__(self, config: NetworkConfig | None = None) -> None:
