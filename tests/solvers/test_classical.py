@@ -113,6 +113,27 @@ def test_rl_tv_smooths_noise_more_than_rl():
     assert tv.std() < 0.7 * rl.std()
 
 
+def test_rl_tv_acceleration_works_despite_the_tv_oscillation():
+    # the TV term flips sign where the gradient crosses zero, so successive RL-TV updates
+    # are anti-correlated and plain Biggs-Andrews extrapolation stayed off (4 % of the fit
+    # that 30 more plain iterations add); the two-step form extrapolates (33 %)
+    rng = np.random.default_rng(2)
+    psf = gaussian_psf((9, 11, 11), (2.0, 2.0, 2.0))
+    op = ConvolutionOperator(psf, (16, 32, 32), dtype=torch.float64)
+    truth = np.zeros(op.object_shape)
+    truth[tuple(rng.integers(4, 20, (3, 30)))] = 500.0
+    y = _blurred(op, truth) + 1.0
+    lik = PoissonLikelihood()
+
+    def misfit(solver):
+        return lik.value(y, op.A(solver(y, op, 1.0)) + 1.0)
+
+    plain30 = misfit(RichardsonLucyTV(30, accelerate=False))
+    plain60 = misfit(RichardsonLucyTV(60, accelerate=False))
+    fast30 = misfit(RichardsonLucyTV(30))
+    assert plain30 - fast30 > 0.2 * (plain30 - plain60)
+
+
 def test_tv_divergence_is_minus_adjoint_of_forward_difference():
     """<grad u, p> = -<u, div p> makes div(grad/|grad|) the TV gradient; checked by autograd."""
     rng = np.random.default_rng(5)

@@ -19,6 +19,7 @@ def multiplicative_iterations(
     iterations: int,
     *,
     accelerate: bool,
+    oscillating: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Run ``x <- step(x)`` and yield every iterate.
 
@@ -34,12 +35,21 @@ def multiplicative_iterations(
         Use the vector extrapolation of Biggs & Andrews (Appl. Opt. 36, 1997):
         predict ``x + alpha (x - x_prev)`` from the correlation of the last two
         update vectors, then apply the step to the prediction.
+    oscillating : bool
+        The step flips part of the estimate back and forth every update (RL-TV: the TV
+        term changes sign wherever the gradient crosses zero). That period-2 part makes
+        successive updates anti-correlated, which switches the plain extrapolation off;
+        with ``oscillating=True`` the correlation and the direction come from the means
+        of consecutive updates and iterates instead, in which it cancels.
 
     Yields
     ------
     torch.Tensor
         The estimate after each update (the solver's own buffer: copy it to keep it).
     """
+    if accelerate and oscillating:
+        yield from _two_step_iterations(step, x0, iterations)
+        return
     x = x0
     x_prev: torch.Tensor | None = None
     g_prev: torch.Tensor | None = None
@@ -64,6 +74,35 @@ def multiplicative_iterations(
                 g_new = x_new - prediction
             g_prev2, g_prev = g_prev, g_new
             x_prev = x
+        x = x_new
+        yield x
+
+
+def _two_step_iterations(
+    step: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, iterations: int
+) -> Iterator[torch.Tensor]:
+    """Biggs–Andrews on the means of consecutive updates (see ``oscillating`` above).
+
+    With ``g_k`` the change the step made to its prediction and ``ḡ_k = (g_k + g_{k-1}) / 2``,
+    ``alpha = <ḡ_k, ḡ_{k-1}> / <ḡ_{k-1}, ḡ_{k-1}>`` and the prediction is
+    ``x_k + alpha (x_k - x_{k-2}) / 2``, the step of the mean of consecutive iterates.
+    """
+    x = x0
+    iterates: list[torch.Tensor] = [x0]  # the last three, newest last
+    updates: list[torch.Tensor] = []  # the last three changes g, newest last
+    for _ in range(iterations):
+        prediction = x
+        if len(updates) == 3 and len(iterates) == 3:
+            newer = (updates[2] + updates[1]).reshape(-1)
+            older = (updates[1] + updates[0]).reshape(-1)
+            denom = float(torch.dot(older, older).item())
+            alpha = float(torch.dot(newer, older).item()) / denom if denom > 0 else 0.0
+            alpha = min(max(alpha, 0.0), _MAX_ACCELERATION)
+            if alpha > 0:
+                prediction = (x + (0.5 * alpha) * (x - iterates[0])).clamp_min_(0.0)
+        x_new = step(prediction)
+        updates = [*updates[-2:], x_new - prediction]
+        iterates = [*iterates[-2:], x_new]
         x = x_new
         yield x
 

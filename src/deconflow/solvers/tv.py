@@ -127,4 +127,6 @@ class RichardsonLucyTV(RunToEnd):
             floor,
             normaliser=normaliser if tv_weight > 0 else None,
         )
-        yield from multiplicative_iterations(step, x0, self.iterations, accelerate=self.accelerate)
+        yield from multiplicative_iterations(
+            step, x0, self.iterations, accelerate=self.accelerate, oscillating=tv_weight > 0
+        )
