@@ -71,13 +71,18 @@ def test_rl_recovers_a_gaussian_blob_width(accelerate):
     assert abs(width - 1.5) < 0.15, f"recovered sigma {width:.2f}, blurred {blurred_width:.2f}"
 
 
-def test_acceleration_reaches_plain_rl_quality_in_fewer_iterations():
+def _noiseless_beads() -> tuple[ConvolutionOperator, torch.Tensor]:
+    """30 point sources of 500 blurred by a Gaussian PSF, background 1, no noise."""
     rng = np.random.default_rng(2)
     psf = gaussian_psf((9, 11, 11), (2.0, 2.0, 2.0))
     op = ConvolutionOperator(psf, (16, 32, 32), dtype=torch.float64)
     truth = np.zeros(op.object_shape)
     truth[tuple(rng.integers(4, 20, (3, 30)))] = 500.0
-    y = _blurred(op, truth) + 1.0
+    return op, _blurred(op, truth) + 1.0
+
+
+def test_acceleration_reaches_plain_rl_quality_in_fewer_iterations():
+    op, y = _noiseless_beads()
     lik = PoissonLikelihood()
     plain = RichardsonLucy(40, accelerate=False)(y, op, 1.0)
     fast = RichardsonLucy(15, accelerate=True)(y, op, 1.0)
@@ -117,12 +122,7 @@ def test_rl_tv_acceleration_works_despite_the_tv_oscillation():
     # the TV term flips sign where the gradient crosses zero, so successive RL-TV updates
     # are anti-correlated and plain Biggs-Andrews extrapolation stayed off (4 % of the fit
     # that 30 more plain iterations add); the two-step form extrapolates (33 %)
-    rng = np.random.default_rng(2)
-    psf = gaussian_psf((9, 11, 11), (2.0, 2.0, 2.0))
-    op = ConvolutionOperator(psf, (16, 32, 32), dtype=torch.float64)
-    truth = np.zeros(op.object_shape)
-    truth[tuple(rng.integers(4, 20, (3, 30)))] = 500.0
-    y = _blurred(op, truth) + 1.0
+    op, y = _noiseless_beads()
     lik = PoissonLikelihood()
 
     def misfit(solver):
