@@ -88,3 +88,16 @@ def test_numpy_scalars_are_accepted_as_numbers():
         DeconvolutionSettings.from_options("rl", accelerate=np.int64(1))
     flag = np.bool_(False)
     assert DeconvolutionSettings.from_options("rl", accelerate=flag).rl.accelerate is False
+
+
+def test_weights_accept_a_path_object(tmp_path):
+    from pathlib import Path
+
+    weights = tmp_path / "mine.pt"
+    settings = DeconvolutionSettings.from_options("flow", weights=weights)
+    assert settings.solver.weights == str(weights)
+    assert DeconvolutionSettings.from_yaml(settings.to_yaml()).solver.weights == str(weights)
+    from deconflow.solvers.flow import FlowDeconvolution
+
+    direct = FlowDeconvolution(weights=Path("w.pt"))
+    assert direct.weights == "w.pt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 import re
 import types
 import typing
@@ -99,6 +100,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise DeconflowError(f"{name} must be a number, got {value!r}.")
         return float(value)
     if annotation is str:
+        if isinstance(value, os.PathLike):  # a pathlib.Path for the weights file
+            return str(os.fspath(value))
         if not isinstance(value, str):
             raise DeconflowError(f"{name} must be a string, got {value!r}.")
         return value

@@ -188,3 +188,88 @@ def test_training_with_workers_equals_training_without(tmp_path):
     a, b = load_prior(alone).network.state_dict(), load_prior(pooled).network.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_folder_source_refuses_channels_time_and_rgb_axes(tmp_path):
+    # a 2-channel image or an RGB snapshot squeezes to three axes: it must not pass as z
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    two_channels = tmp_path / "cyx" / "two_channels.tif"
+    two_channels.parent.mkdir()
+    tifffile.imwrite(
+        two_channels,
+        rng.integers(0, 255, (2, 24, 24), dtype=np.uint8),
+        imagej=True,
+        metadata={"axes": "CYX"},
+    )
+    rgb = tmp_path / "rgb" / "snapshot.tif"
+    rgb.parent.mkdir()
+    tifffile.imwrite(rgb, rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), photometric="rgb")
+    for path in (two_channels, rgb):
+        with pytest.raises(DeconflowError, match=rf"{path.name}.*non-spatial axes"):
+            FolderSource(path.parent, patch=(4, 16, 16), voxel_size_um=(0.3, 0.1, 0.1))
+
+
+def test_folder_source_uses_2d_images_for_plane_steps_only(tmp_path):
+    rng = np.random.default_rng(0)
+    write_tiff(
+        tmp_path / "stack.tif",
+        rng.random((6, 20, 20)).astype(np.float32),
+        voxel_size_um=(0.4, 0.1, 0.1),
+    )
+    write_tiff(tmp_path / "plane.tif", rng.random((20, 20)).astype(np.float32))
+    # the user's voxel size is a 3D stack's: it must not make the plane a z-column of aspect 3
+    src = FolderSource(tmp_path, patch=(4, 16, 16), voxel_size_um=(0.3, 0.1, 0.1))
+    batch = src.sample(16, rng)
+    # a 2D image repeated along z would give patches whose planes are all equal
+    assert all(not torch.equal(x[0, 0], x[0, 1]) for x in batch.x1)
+    assert batch.aspect.numpy() == pytest.approx([3.0] * 16)
+    assert "1 2D image" in src.describe()
+    planes = src.sample(16, rng, plane=True)
+    assert planes.x1.shape == (16, 1, 16, 16) and torch.all(planes.aspect == 1.0)
+
+    only_2d = tmp_path / "only2d"
+    only_2d.mkdir()
+    write_tiff(only_2d / "a.tif", rng.random((20, 20)).astype(np.float32))
+    batch = FolderSource(only_2d, patch=(4, 16, 16)).sample(2, rng)
+    assert batch.x1.shape == (2, 1, 16, 16) and torch.all(batch.aspect == 1.0)
+
+
+def test_folder_source_names_a_file_with_nan(tmp_path):
+    data = np.ones((6, 20, 20), np.float32)
+    data[2, 3, 4] = np.nan
+    write_tiff(
+        tmp_path / "good.tif", np.ones((6, 20, 20), np.float32), voxel_size_um=(0.3, 0.1, 0.1)
+    )
+    write_tiff(tmp_path / "masked.tif", data, voxel_size_um=(0.3, 0.1, 0.1))
+    with pytest.raises(DeconflowError, match=r"masked\.tif holds NaN"):
+        FolderSource(tmp_path, patch=(4, 16, 16))
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_card(tmp_path, monkeypatch):
+    # past the 20-step warm-up, so the cosine schedule matters; the checkpoint (every 7
+    # steps) falls between two points of the loss curve (every 10 steps)
+    import deconflow.priors.train as train
+
+    config = {"steps": 24, "checkpoint_every": 7, "plane_every": 5}
+    straight = train_prior(_tiny_config(tmp_path / "a", **config), progress=False)
+    real, calls = train.cfm_loss, {"n": 0}
+
+    def killed_at_step_17(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "cfm_loss", killed_at_step_17)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(_tiny_config(tmp_path / "b", **config), progress=False)
+    monkeypatch.setattr(train, "cfm_loss", real)
+    assert torch.load(tmp_path / "b" / "w.ckpt.pt", weights_only=True)["step"] == 14
+    resumed = train_prior(_tiny_config(tmp_path / "b", resume=True, **config), progress=False)
+    a, b = load_prior(straight), load_prior(resumed)
+    for k, v in a.network.state_dict().items():
+        torch.testing.assert_close(v, b.network.state_dict()[k], rtol=0, atol=0, msg=k)
+    assert b.card["loss_curve"] == a.card["loss_curve"]
+    assert b.card["final_loss"] == a.card["final_loss"]

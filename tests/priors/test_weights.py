@@ -82,3 +82,22 @@ def test_shipped_weights_load_and_denoise():
     assert torch.isfinite(d).all()
     # a trained denoiser is much closer to the data than its noisy input is
     assert torch.mean((d - x1) ** 2) < 0.5 * torch.mean((x_t - x1) ** 2)
+
+
+def test_a_training_checkpoint_is_named_as_such(tmp_path):
+    from deconflow.priors.train import TrainConfig, train_prior
+
+    out = tmp_path / "mine.pt"
+    config = TrainConfig(
+        out=out,
+        steps=1,
+        batch=1,
+        patch=(4, 16, 16),
+        channels=(4, 8, 8),
+        plane_every=0,
+        threads=1,
+        device="cpu",
+    )
+    train_prior(config, progress=False)
+    with pytest.raises(DeconflowError, match=r"training checkpoint.*mine\.pt"):
+        load_prior(tmp_path / "mine.ckpt.pt")

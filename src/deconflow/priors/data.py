@@ -99,8 +99,12 @@ def _list_tiffs(folder: Path) -> list[Path]:
 class FolderSource:
     """Random patches from a folder of the user's own sharp (deconvolved/high-NA) TIFF stacks.
 
-    Each file is read once (2D ``(Y, X)`` or 3D ``(Z, Y, X)``; other axes are refused),
-    normalised as a whole with the prior's rule, and patches are cut at random.
+    Each file is read once (2D ``(Y, X)`` or 3D ``(Z, Y, X)``; channel, time, sample
+    (RGB) and other axes longer than 1 are refused), normalised as a whole with the
+    prior's rule, and patches are cut at random. 3D steps cut patches from the 3D stacks
+    only; 2D images (and stacks of one plane) feed the 2D plane steps, told aspect 1, so
+    that a plane is never repeated along z into a column the prior would learn as 3D
+    structure. A folder of 2D images only trains the 2D path: every step is then planes.
 
     Parameters
     ----------
@@ -110,6 +114,12 @@ class FolderSource:
         ``(z, y, x)`` patch size; smaller stacks are padded by reflection.
     voxel_size_um : sequence of float, optional
         ``(z, y, x)`` µm for files whose metadata lack it (and to override it).
+
+    Raises
+    ------
+    DeconflowError
+        When the folder has no TIFF, or a file is unreadable, has non-spatial axes, holds
+        NaN/Inf values, or is a 3D stack without a voxel size; the message names the file.
     """
 
     def __init__(
@@ -126,38 +136,68 @@ class FolderSource:
         self.aspects: list[float] = []
         for path in _list_tiffs(self.folder):
             image = read_tiff(path)
+            extra = [
+                f"{a}={n}"
+                for a, n in zip(image.axes, image.data.shape, strict=False)
+                if n > 1 and a not in "ZYX"
+            ]
             data = np.squeeze(image.data)
-            if data.ndim not in (2, 3) or not np.issubdtype(data.dtype, np.number):
+            if (
+                extra
+                or data.ndim not in (2, 3)
+                or not np.issubdtype(data.dtype, np.number)
+                or np.iscomplexobj(data)
+            ):
                 raise DeconflowError(
-                    f"{path}: expected one 2D or 3D stack, got axes {image.axes} and shape "
-                    f"{image.data.shape}; split channels/time points into separate files."
+                    f"{path}: expected one 2D (Y, X) or 3D (Z, Y, X) stack of one channel, got "
+                    f"axes {image.axes!r} and shape {image.data.shape}"
+                    + (f" (non-spatial axes {', '.join(extra)})" if extra else "")
+                    + "; split channels/time points into separate files, convert RGB to one "
+                    "channel, or move the file out of the training folder."
                 )
             data = data.astype(np.float32)[None] if data.ndim == 2 else data.astype(np.float32)
-            vs = voxel_size_um or image.voxel_size_um
-            if vs is None or len(vs) != 3 or not all(np.isfinite(vs)):
-                aspect = 1.0 if image.data.ndim == 2 else None
-                if aspect is None:
-                    raise DeconflowError(
-                        f"{path} has no voxel size in its metadata; pass voxel_size_um=(z, y, x)."
-                    )
+            if not np.all(np.isfinite(data)):
+                raise DeconflowError(
+                    f"{path} holds NaN or Inf values; replace them (e.g. by the background "
+                    "level) or move the file out of the training folder."
+                )
+            if data.shape[0] == 1:
+                aspect = 1.0  # one plane: a 2D image, used by the plane steps only
             else:
+                vs = voxel_size_um or image.voxel_size_um
+                if vs is None or len(vs) != 3 or not all(np.isfinite(vs)):
+                    raise DeconflowError(
+                        f"{path} has no (z, y, x) voxel size in its metadata; pass "
+                        "voxel_size_um=(z, y, x) (command line: --voxel-size Z Y X) in µm."
+                    )
                 aspect = float(vs[0] / vs[-1])
             self.volumes.append(fit_normalization(data).apply(data))
             self.aspects.append(aspect)
+        self._stacks = [i for i, v in enumerate(self.volumes) if v.shape[0] > 1]
 
     def describe(self) -> str:
         """One line for the model card."""
+        planes = len(self.volumes) - len(self._stacks)
         return (
-            f"{len(self.volumes)} TIFF stack(s) from {self.folder}, patches {self.patch}, "
-            f"voxel aspects {sorted({round(a, 2) for a in self.aspects})}"
+            f"{len(self.volumes)} TIFF file(s) from {self.folder} ({len(self._stacks)} 3D "
+            f"stack(s), {planes} 2D image(s) used for the plane steps only), patches "
+            f"{self.patch}, voxel aspects "
+            f"{sorted({round(self.aspects[i], 2) for i in self._stacks})}"
         )
 
     def sample(self, batch: int, rng: np.random.Generator, plane: bool = False) -> Batch:
-        """Cut a batch of random patches (single planes when ``plane``)."""
+        """Cut a batch of random patches (single planes when ``plane``).
+
+        3D patches come from the 3D stacks only; when the folder holds none, a 3D step
+        draws single planes instead (the network then trains its 2D path).
+        """
+        if not plane and not self._stacks:
+            plane = True
+        pool = range(len(self.volumes)) if plane else self._stacks
         xs, aspects = [], []
         pz, py, px = (1, *self.patch[1:]) if plane else self.patch
         for _ in range(batch):
-            i = int(rng.integers(len(self.volumes)))
+            i = pool[int(rng.integers(len(pool)))]
             vol = self.volumes[i]
             need = [(0, max(0, p - n)) for p, n in zip((pz, py, px), vol.shape, strict=True)]
             if any(n for _, n in need):

@@ -208,6 +208,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     amp = amp_dtype is not None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step, curve, elapsed_before = 0, [], 0.0
+    window: list[float]
     ckpt = _ckpt_path(config.out)
     if config.resume and ckpt.is_file():
         # CPU first: generator states must stay CPU tensors even for a CUDA generator
@@ -218,8 +219,13 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
         gen.set_state(state["torch_rng"])
         step, curve = int(state["step"]), json.loads(state["curve"])
         elapsed_before = float(state["elapsed_s"])
-
-    window: list[float] = []
+        # the losses since the last curve point: without them the resumed run's next point
+        # (and the card's final loss) would average fewer steps than the uninterrupted run's
+        window = [float(v) for v in json.loads(str(state.get("window", "[]")))]
+        if "scaler" in state:  # float16 loss scaling (CUDA without bfloat16)
+            scaler.load_state_dict(state["scaler"])
+    else:
+        window = []
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train prior")
     net.train()
     budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
@@ -277,6 +283,8 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
                         "torch_rng": gen.get_state(),
                         "step": step,
                         "curve": json.dumps(curve),
+                        "window": json.dumps(window),
+                        "scaler": scaler.state_dict(),
                         "elapsed_s": elapsed_before + time.perf_counter() - start_wall,
                     },
                     tmp,

@@ -115,6 +115,13 @@ def load_prior(
             f"Could not read prior weights {path} ({type(exc).__name__}): the file is "
             "truncated, corrupt or not a torch file. Re-copy it or retrain with 'deconflow train'."
         ) from exc
+    if isinstance(blob, dict) and {"ema", "opt", "step"} <= blob.keys():
+        weights = path.name.removesuffix(".ckpt.pt") + ".pt"
+        raise DeconflowError(
+            f"{path} is a resumable training checkpoint of 'deconflow train' (step "
+            f"{blob['step']}), not a weights file. Pass the weights written beside it "
+            f"({weights}), or finish the run with 'deconflow train --resume' to write them."
+        )
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise DeconflowError(
             f"{path} is not a deconflow flow-prior weights file (no '{_FORMAT}' header); "

@@ -26,6 +26,7 @@ plus read noise, the variance-stabilised Gaussian likelihood).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -348,7 +349,8 @@ class FlowDeconvolution:
         CPU does so natively (3x faster on a CPU with AMX; the flow benchmark's PSNR moves
         by under 0.05 dB), else float32.
     weights : str or None
-        Prior weights file; ``None`` uses the weights shipped with deconflow.
+        Prior weights file (a ``pathlib.Path`` is accepted and stored as text); ``None``
+        uses the weights shipped with deconflow.
     seed : int or None
         Seed of the samples (``None``: a fresh random seed each run).
     gain, camera_offset, read_sigma : float or None
@@ -382,6 +384,8 @@ class FlowDeconvolution:
     keep_samples: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.weights, os.PathLike):  # keep settings plain text (YAML, JSON)
+            object.__setattr__(self, "weights", str(os.fspath(self.weights)))
         if self.sampler not in SAMPLERS:
             raise DeconflowError(
                 f"Unknown sampler {self.sampler!r}; choose 'poisson' (default), 'exact' or 'pnp'."
