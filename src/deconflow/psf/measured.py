@@ -3,14 +3,18 @@
 Steps, in order (each a small function so tests can check it alone):
 
 1. background: median of the stack's outer faces (the bead sits in the middle
-   of a bead stack), noise from their MAD; subtract, clip negatives;
+   of a bead stack), noise from their MAD; subtracted, the signed values are kept
+   until the support is known (clipping noise at 0 leaves a positive pedestal);
 2. saturation: a flat top at the top of the integer range is reported;
 3. centring: the peak is found on a lightly smoothed copy, the centre of mass
    is taken in a small box around it, and the stack is moved by a Fourier
    shift so that this centre lands exactly on the centre voxel;
 4. support: the box around the centre that holds every voxel clearly above
    the noise, kept symmetric and odd-sized so the centre stays the centre;
-5. resampling to the image's voxel size (z step and pixel size each);
+   voxels in it that are not within one voxel of significant signal are set
+   to 0 and negatives clipped;
+5. resampling to the image's voxel size (z step and pixel size each): coarser
+   pixels integrate the PSF over their area, z planes sample it at points;
 6. normalisation to sum 1.
 """
 
@@ -40,6 +44,8 @@ _BIT_DEPTH_CEILINGS = tuple(2**b - 1 for b in (8, 10, 12, 14, 16))
 _COM_MIN_HALF_WIDTH = 2
 #: A voxel belongs to the PSF's support when its smoothed value exceeds this many noise sigmas.
 _SUPPORT_SIGMAS = 4.0
+#: Smoothing (voxels) that finds faint extended tails for the mask of kept voxels.
+_TAIL_SMOOTHING = 2.5
 
 
 @dataclass(frozen=True)
@@ -197,26 +203,73 @@ def _centre_subvoxel(psf: FloatArray, rounds: int = 6) -> tuple[FloatArray, Floa
         if np.all(np.abs(error) < 1e-3):
             break
         total += error
-        shifted = np.clip(np.real(np.fft.ifftn(ndimage.fourier_shift(spectrum, total))), 0.0, None)
+        # signed: the background noise must stay zero-mean until the support is known
+        shifted = np.real(np.fft.ifftn(ndimage.fourier_shift(spectrum, total)))
     return shifted, total
 
 
-def _support_half_widths(psf: FloatArray, noise_sigma: float) -> Shape:
-    """Half-widths of the symmetric box holding every voxel clearly above the noise."""
+def _support(psf: FloatArray, noise_sigma: float) -> tuple[Shape, np.ndarray]:
+    """Half-widths of the symmetric box holding every voxel clearly above the noise.
+
+    Parameters
+    ----------
+    psf : numpy.ndarray
+        Background-subtracted (signed) PSF centred on ``shape // 2``.
+    noise_sigma : float
+        Noise standard deviation of the unsmoothed stack.
+
+    Returns
+    -------
+    half_widths : tuple of int
+        Half-widths of the box around the centre voxel.
+    significant : numpy.ndarray
+        Boolean mask (shape of ``psf``) of the voxels within one voxel of the
+        significant signal; the rest hold only noise and are set to 0, since
+        clipping zero-mean noise at 0 would leave a positive pedestal of about
+        0.4 sigma per voxel.
+    """
     centre = np.asarray(psf.shape) // 2
     smooth = ndimage.gaussian_filter(psf, sigma=1.0, mode="constant")
     # Smoothing by sigma=1 voxel lowers white noise by ~(2 sqrt(pi))^(ndim/2).
     smoothed_sigma = noise_sigma / (2.0 * np.sqrt(np.pi)) ** (psf.ndim / 2)
     threshold = max(_SUPPORT_SIGMAS * smoothed_sigma, 1e-4 * float(smooth.max()))
     above = smooth > threshold
+    # Faint, extended tails (a widefield PSF's defocus cone) only stand out of the noise
+    # when averaged over more voxels: a wider smoothing finds them for the mask.
+    wide = ndimage.gaussian_filter(psf, sigma=_TAIL_SMOOTHING, mode="constant")
+    wide_sigma = noise_sigma / (2.0 * np.sqrt(np.pi) * _TAIL_SMOOTHING) ** (psf.ndim / 2)
+    significant = ndimage.binary_dilation(
+        above | (wide > _SUPPORT_SIGMAS * wide_sigma),
+        structure=ndimage.generate_binary_structure(psf.ndim, psf.ndim),
+    )
     labels, _ = ndimage.label(above)
     centre_label = labels[tuple(centre)]
     if centre_label == 0:
-        return tuple(int(c) for c in centre)
+        return tuple(int(c) for c in centre), significant
     coords = np.argwhere(labels == centre_label)
     # one voxel of margin beyond the last significant voxel keeps the tail's edge
     reach = np.max(np.abs(coords - centre), axis=0) + 1
-    return tuple(int(min(r, c)) for r, c in zip(reach, centre, strict=True))
+    return tuple(int(min(r, c)) for r, c in zip(reach, centre, strict=True)), significant
+
+
+def _integrate_over_pixels(source: np.ndarray, ratio: float, axis: int) -> np.ndarray:
+    """Integrate source-pixel samples over pixels ``ratio`` times wider, along ``axis``.
+
+    The source samples already integrate over one source pixel, so the transfer
+    function is ``sinc(ratio f) / sinc(f)`` (``f`` in cycles per source pixel), exact
+    for a band-limited (well-sampled) PSF. The axis is zero-padded by a few wide
+    pixels on each side first, so that the FFT does not wrap a tail around.
+    """
+    reach = int(np.ceil(2.0 * ratio)) + 2
+    pad = [(reach, reach) if a == axis else (0, 0) for a in range(source.ndim)]
+    padded = np.pad(source, pad)
+    n = padded.shape[axis]
+    f = np.fft.rfftfreq(n)
+    transfer = np.sinc(ratio * f) / np.sinc(f)
+    shape = [1] * source.ndim
+    shape[axis] = f.size
+    spectrum = np.fft.rfft(padded, axis=axis) * transfer.reshape(shape)
+    return np.fft.irfft(spectrum, n=n, axis=axis)
 
 
 def resample_psf(
@@ -236,19 +289,29 @@ def resample_psf(
     Returns
     -------
     numpy.ndarray
-        Resampled float64 PSF, odd-sized, non-negative, sum 1. When the new
-        voxels are coarser the PSF is low-pass filtered first (as
-        ``skimage.transform.resize`` does) so that it is not aliased.
+        Resampled float64 PSF, odd-sized, non-negative, sum 1.
+
+    Notes
+    -----
+    The new samples are cubic-spline interpolated. When the new pixels are
+    coarser along y or x, the PSF is first integrated over the wider pixel
+    (transfer function ``sinc(r f) / sinc(f)`` for a ratio ``r``), as the camera
+    integrates light over each pixel. The z axis is not filtered: a z stack
+    samples the PSF at points (its focal planes), so the coarser stack's PSF is
+    the finer one's values at those planes. A Gaussian anti-aliasing filter of
+    ``(r - 1) / 2`` voxels, as ``skimage.transform.resize`` uses, widened the PSF:
+    resampling a 0.1 um z step to 0.3 um lowered a confocal PSF's peak by 14 %.
     """
     ratio = np.asarray(to_voxel_um, dtype=np.float64) / np.asarray(from_voxel_um, dtype=np.float64)
     if np.allclose(ratio, 1.0, rtol=1e-6, atol=0):
         return psf / psf.sum()
     source = np.asarray(psf, dtype=np.float64)
-    sigma = np.maximum(0.0, (ratio - 1.0) / 2.0)
-    if np.any(sigma > 0):
-        source = ndimage.gaussian_filter(source, sigma=sigma, mode="constant")
-    old_half = (np.asarray(psf.shape) - 1) / 2.0
-    new_half = np.floor(old_half / ratio).astype(int)
+    lateral = range(psf.ndim - 2, psf.ndim)  # (y, x); z (axis 0 of a 3D stack) is point-sampled
+    for axis in lateral:
+        if ratio[axis] > 1.0:
+            source = _integrate_over_pixels(source, float(ratio[axis]), axis)
+    old_half = (np.asarray(source.shape) - 1) / 2.0
+    new_half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / ratio).astype(int)
     axes = [
         old_half[i] + (np.arange(-new_half[i], new_half[i] + 1)) * ratio[i] for i in range(psf.ndim)
     ]
@@ -331,8 +394,10 @@ def prepare_psf(
         warnings.warn(message, DeconflowWarning, stacklevel=2)
 
     background, noise_sigma = estimate_psf_background(stack)
-    signal = np.clip(stack - background, 0.0, None)
-    if signal.max() <= max(noise_sigma, 0.0) or signal.sum() <= 0:
+    # Signed until the support is known: clipping the background's zero-mean noise at 0
+    # here would leave a pedestal of ~0.4 sigma per voxel (10 % of a typical bead's sum).
+    signal = stack - background
+    if signal.max() <= max(noise_sigma, 0.0) or np.clip(signal, 0.0, None).sum() <= 0:
         raise DeconflowError(
             "The PSF holds no signal above its background (it is flat, all zero or "
             "negative); check that the right file was loaded."
@@ -354,9 +419,9 @@ def prepare_psf(
     cropped = _crop_centred(signal, peak_voxel, half)
     centred, shift = _centre_subvoxel(cropped)
 
-    support = _support_half_widths(centred, noise_sigma)
+    support, significant = _support(centred, noise_sigma)
     centre = np.asarray(centred.shape) // 2
-    psf = _crop_centred(centred, centre, support)
+    psf = _crop_centred(np.where(significant, np.clip(centred, 0.0, None), 0.0), centre, support)
 
     if (
         voxel_size_um is not None
