@@ -211,3 +211,49 @@ def test_resampling_matches_the_psf_computed_at_the_new_voxel_size(to_voxel, ove
     direct = model(coarse.shape, to_voxel)
     assert abs(coarse.max() / direct.max() - 1) < 0.02
     assert np.abs(coarse - direct).sum() < 0.02
+
+
+def test_uneven_background_is_fitted_not_kept_as_psf():
+    # illumination falling off towards one corner (a shading of 60 counts over the field)
+    rng = np.random.default_rng(7)
+    shape = (15, 96, 96)
+    z, y, x = np.indices(shape, dtype=float)
+    shading = (
+        200.0 + 80.0 * x / shape[2] - 40.0 * (y / shape[1]) * (x / shape[2]) + 10.0 * z / shape[0]
+    )
+    bead = 5000.0 * np.exp(
+        -0.5 * (((z - 7) / 2.0) ** 2 + ((y - 48) / 2.5) ** 2 + ((x - 48) / 2.5) ** 2)
+    )
+    prepared = prepare_psf(rng.poisson(shading + bead).astype(np.uint16))
+    psf = prepared.data.astype(float)
+    centre = np.asarray(psf.shape) // 2
+    _, yy, xx = np.indices(psf.shape)
+    far = np.hypot(yy - centre[1], xx - centre[2]) > 12  # > 4.8 bead sigmas
+    assert psf[far].sum() < 0.01
+    assert any("smooth trend" in note for note in prepared.notes)
+    assert abs(prepared.background - shading.mean()) < 0.5  # the median alone: 1.5 off
+
+
+def test_a_real_vignetted_bead_keeps_no_background_far_from_its_centre(shared_real):
+    # pyotf's widefield bead (NA 0.85, 0.13 um pixels): one corner of the field ~50 counts
+    # darker; with a single background level 17 % of the PSF's sum lay beyond 100 px
+    raw = tifffile.imread(
+        shared_real / "pyotf_measured_psfs/psf_wl520nm_z300nm_x130nm_na0.85_n1.0.tif"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeconflowWarning)
+        psf = prepare_psf(raw).data.astype(float)
+    centre = np.asarray(psf.shape) // 2
+    _, yy, xx = np.indices(psf.shape)
+    assert psf[np.hypot(yy - centre[1], xx - centre[2]) > 100].sum() < 0.08
+
+
+def test_flat_background_is_not_fitted():
+    rng = np.random.default_rng(8)
+    shape = (15, 64, 64)
+    z, y, x = np.indices(shape, dtype=float)
+    bead = 3000.0 * np.exp(
+        -0.5 * (((z - 7) / 2.0) ** 2 + ((y - 32) / 2.5) ** 2 + ((x - 32) / 2.5) ** 2)
+    )
+    prepared = prepare_psf(rng.poisson(100.0 + bead).astype(np.uint16))
+    assert not any("trend" in note for note in prepared.notes)
