@@ -5,10 +5,9 @@ Steps, in order (each a small function so tests can check it alone):
 1. background: median of the stack's outer faces (the bead sits in the middle
    of a bead stack), noise from their MAD; where the faces show a trend across
    the field larger than the noise (uneven illumination, a camera's shading),
-   a smooth background (linear along each axis plus a y·x twist) is fitted to them
-   and subtracted instead; the signed
-   values are kept until the support is known (clipping noise at 0 leaves a
-   positive pedestal);
+   a smooth background (linear along each axis plus a y·x twist) is fitted to
+   them and subtracted instead; the signed values are kept until the support is
+   known (clipping noise at 0 leaves a positive pedestal);
 2. saturation: a flat top at the top of the integer range is reported;
 3. centring: the peak is found on a lightly smoothed copy, the centre of mass
    is taken in a small box around it, and the stack is moved by a Fourier
@@ -65,7 +64,7 @@ class PreparedPSF:
         Voxel size of ``data``; ``None`` when no voxel size was given.
     background : float
         Background (in the raw stack's units) that was subtracted: its mean over
-        the stack where a linear trend was subtracted (see the notes).
+        the stack where a fitted trend was subtracted (see the notes).
     noise_sigma : float
         Noise standard deviation estimated from the stack's faces.
     shift_vox : tuple of float

@@ -92,7 +92,7 @@ def _two_step_iterations(
     updates: list[torch.Tensor] = []  # the last three changes g, newest last
     for _ in range(iterations):
         prediction = x
-        if len(updates) == 3 and len(iterates) == 3:
+        if len(updates) == 3:  # then ``iterates`` holds three too
             newer = (updates[2] + updates[1]).reshape(-1)
             older = (updates[1] + updates[0]).reshape(-1)
             denom = float(torch.dot(older, older).item())
