@@ -20,11 +20,13 @@ what the PSF passes, so the choice is blind to detail the optics remove.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
 
 import numpy as np
 import torch
 
 from deconflow._flow_run import brightest_window
+from deconflow._progress import Progress
 from deconflow.physics.blur import ConvolutionOperator
 from deconflow.priors.normalization import Normalization
 from deconflow.solvers._schedule import Denoiser
@@ -37,7 +39,7 @@ from deconflow.solvers.stopping import (
     split_counts,
 )
 
-__all__ = ["StrengthChoice", "choose_strength", "strength_candidates"]
+__all__ = ["StrengthChoice", "choose_strength", "iter_choose_strength", "strength_candidates"]
 
 #: Share of the window's photons held out to score the candidates.
 _HOLDOUT = 0.2
@@ -89,7 +91,34 @@ def choose_strength(
     settings: FlowDeconvolution,
     device: torch.device,
 ) -> StrengthChoice:
+    """Run :func:`iter_choose_strength` to the end; arguments and result as there."""
+    events = iter_choose_strength(
+        counts, psf, background, first_iterations, normalization, gain, prior, settings, device
+    )
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_choose_strength(
+    counts: np.ndarray,
+    psf: np.ndarray,
+    background: float,
+    first_iterations: int,
+    normalization: Normalization,
+    gain: float,
+    prior: Denoiser,
+    settings: FlowDeconvolution,
+    device: torch.device,
+) -> Generator[Progress, None, StrengthChoice]:
     """Score :func:`strength_candidates` on held-out photons of ``counts``; keep the best.
+
+    A generator, as the pipeline's stages are: it yields a ``Progress`` event (stage
+    ``"estimate"``) after each step of each candidate, so that the widget's bar and the
+    CLI's status move through the choice (tens of seconds on a CPU) instead of resting
+    on the first estimate's last step, and returns the choice.
 
     The candidates run on the brightest window of ``counts`` (at most ``_WINDOW``), as
     the first estimate's stop is cross-validated on its brightest window.
@@ -114,6 +143,11 @@ def choose_strength(
         The run's settings (Poisson sampler).
     device : torch.device
         Where to compute.
+
+    Yields
+    ------
+    Progress
+        ``step`` of ``total`` = candidates × flow steps.
 
     Returns
     -------
@@ -147,12 +181,23 @@ def choose_strength(
     score = DeblurredHeldOutError(operator, DEBLUR_REGULARIZATION)
     scores: dict[str, float] = {}
     candidates = strength_candidates(settings)
-    for name, candidate in candidates.items():
+    total = sum(candidate.steps for candidate in candidates.values())
+    done = 0
+    for number, (name, candidate) in enumerate(candidates.items(), start=1):
         sampler = candidate.build_sampler()
         if not isinstance(sampler, PoissonFlowSampler):
             raise TypeError("the prior's strength is chosen for the Poisson sampler only")
         generator = torch.Generator().manual_seed(seed)
-        *_, estimate = sampler.iterate(model, prior, generator, initial)
+        estimate = initial
+        for step, latest in enumerate(sampler.iterate(model, prior, generator, initial), 1):
+            estimate, done = latest, done + 1
+            yield Progress(
+                "estimate",
+                done,
+                total,
+                f"choosing how far to trust the prior: candidate {number}/{len(candidates)} "
+                f"({name}) step {step}",
+            )
         photons = model.to_photons(estimate).clamp_min(0.0)
         scores[name] = score(held, operator.A(photons), level, _HOLDOUT)
     best = min(scores, key=lambda name: scores[name])

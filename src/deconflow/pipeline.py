@@ -21,7 +21,7 @@ import torch
 from deconflow._device import resolve_device
 from deconflow._errors import DeconflowError
 from deconflow._execute import BlockOutput, classical_block_solver, run_plan
-from deconflow._flow_choice import choose_strength
+from deconflow._flow_choice import iter_choose_strength
 from deconflow._flow_run import (
     calibrate_noise,
     cross_validated_iterations,
@@ -267,7 +267,7 @@ def iter_deconvolve(
         context = make_flow_context(first, iterations, noise, settings.solver, prior)
         if settings.solver.sampler == "poisson" and settings.solver.choose_strength:
             yield Progress("estimate", 0, 1, "choosing how far to trust the prior")
-            choice = choose_strength(
+            choice = yield from iter_choose_strength(
                 counts,
                 prepared.data,
                 level,

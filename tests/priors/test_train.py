@@ -72,6 +72,21 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+def test_resuming_with_settings_that_change_what_is_learned_is_refused(tmp_path):
+    train_prior(_tiny_config(tmp_path, steps=2), progress=False)
+    ckpt = tmp_path / "w.ckpt.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(DeconflowError, match=r"other settings \(batch 1 -> 2; lr 0.002 -> 0.01\)"):
+        train_prior(_tiny_config(tmp_path, steps=4, batch=2, lr=1e-2, resume=True), progress=False)
+    assert ckpt.read_bytes() == before  # the refused run leaves the checkpoint alone
+    # how long and where it runs may change: more steps, another thread count
+    path = train_prior(
+        _tiny_config(tmp_path, steps=3, threads=2, checkpoint_every=1, resume=True),
+        progress=False,
+    )
+    assert load_prior(path).card["steps"] == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA training path")
 def test_training_on_cuda_writes_cpu_weights_and_resumes(tmp_path):
     # mixed precision on the GPU, a CUDA generator in the checkpoint, weights saved on the CPU

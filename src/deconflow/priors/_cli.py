@@ -119,7 +119,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="draw flow times from [T_MIN, 1) (0 = all; a sampler fine-tune: its t_start)",
     )
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the .ckpt.pt beside --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the .ckpt.pt beside --out, with the settings it was started with "
+        "(only --steps, --max-minutes, --device, --precision, --threads, --workers and "
+        "--checkpoint-every may change)",
+    )
     p.add_argument("--note", default="", help="free text stored in the model card")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument(

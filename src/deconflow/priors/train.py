@@ -147,6 +147,48 @@ def _lr_factor(step: int, progress: float) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+#: Settings that may change when a run is resumed: how long and where it runs, not what it
+#: learns (a longer ``steps`` or ``max_minutes`` extends the cosine schedule from there).
+_RESUMABLE_CHANGES = frozenset(
+    {"steps", "max_minutes", "device", "precision", "threads", "workers", "checkpoint_every"}
+)
+_NOT_SETTINGS = frozenset({"out", "resume", "command", "note"})
+
+
+def _learning_settings(config: TrainConfig) -> dict[str, object]:
+    """Return the settings that decide what a run learns, JSON-ready (``_RESUMABLE_CHANGES``)."""
+    settings = {
+        name: value
+        for name, value in json.loads(json.dumps(asdict(config), default=str)).items()
+        if name not in _RESUMABLE_CHANGES | _NOT_SETTINGS
+    }
+    for name in ("data", "init"):  # the same folder or file, however it was spelled
+        if settings[name] is not None:
+            settings[name] = str(Path(settings[name]).resolve())
+    return settings
+
+
+def _check_resume(config: TrainConfig, saved: object, ckpt: Path) -> None:
+    """Refuse to resume a checkpoint with settings that change what the network learns."""
+    if saved is None:  # a checkpoint from before the settings were recorded
+        return
+    before = json.loads(str(saved))
+    now = _learning_settings(config)
+    changed = [
+        f"{name} {before.get(name)!r} -> {now.get(name)!r}"
+        for name in sorted(set(before) | set(now))
+        if before.get(name) != now.get(name)
+    ]
+    if changed:
+        raise DeconflowError(
+            f"The checkpoint {ckpt} was trained with other settings ({'; '.join(changed)}). "
+            "Resume with the settings it was started with (only the steps, time limit, "
+            "device, precision, threads, workers and checkpoint interval may change), or "
+            "start a new run: drop --resume (the checkpoint is replaced), or fine-tune its "
+            "weights with --init."
+        )
+
+
 def _ckpt_path(out: Path) -> Path:
     return out.with_name(out.stem + ".ckpt.pt")
 
@@ -213,6 +255,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     if config.resume and ckpt.is_file():
         # CPU first: generator states must stay CPU tensors even for a CUDA generator
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        _check_resume(config, state.get("settings"), ckpt)
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -286,6 +329,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
                         "window": json.dumps(window),
                         "scaler": scaler.state_dict(),
                         "elapsed_s": elapsed_before + time.perf_counter() - start_wall,
+                        "settings": json.dumps(_learning_settings(config)),
                     },
                     tmp,
                 )
