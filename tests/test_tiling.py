@@ -58,6 +58,17 @@ def test_budget_drives_the_tile_count():
     )
 
 
+def test_lateral_axes_keep_shrinking_when_a_long_psf_pins_z():
+    """A z axis at its smallest useful length must not stop y and x from shrinking."""
+    psf = (41, 9, 9)  # overlap (20, 8, 8): z cannot go below 80 planes
+    budget = 10_000_000  # (80, 32, 32) tiles fit: 120 x 40 x 40 grid, 12 copies of float32
+    assert estimate_bytes((80, 32, 32), psf, "rl") <= budget
+    plan = plan_tiles((120, 200, 200), psf, "rl", budget_bytes=budget)
+    assert all(
+        estimate_bytes(tuple(s.stop - s.start for s in t), psf, "rl") <= budget for t in plan.tiles
+    )
+
+
 @pytest.mark.parametrize("method", ["rl", "wiener"])
 def test_tiled_equals_untiled_within_noise(stack, method):
     image, psf = stack

@@ -135,11 +135,15 @@ def plan_tiles(
     )
     # a tile must be longer than its two overlaps to move forward: at least 4 overlaps
     limit = [max(lim, min(n, 4 * o)) for lim, n, o in zip(limit, image_shape, overlap, strict=True)]
-    # halve the longest axis (in voxels beyond its overlap) until a tile fits the budget
+    # halve the longest axis (in voxels beyond its overlap) until a tile fits the budget;
+    # an axis already at 4 overlaps cannot shrink, but the others still may
     while estimate_bytes(tuple(limit), psf_shape, method) > budget_bytes:
-        spare = [lim - 2 * o for lim, o in zip(limit, overlap, strict=True)]
+        spare = [
+            lim - 2 * o if lim - 2 * o > 2 * o else -1
+            for lim, o in zip(limit, overlap, strict=True)
+        ]
         axis = int(np.argmax(spare))
-        if spare[axis] <= 2 * overlap[axis]:
+        if spare[axis] < 0:
             break  # tiles as small as useful; let the run try (and report OOM if it happens)
         limit[axis] = max(limit[axis] // 2 + overlap[axis], 4 * overlap[axis])
     per_axis = [

@@ -139,3 +139,18 @@ def test_bad_shapes_raise_clear_errors():
     op = ConvolutionOperator(np.ones((3, 3)), (4, 4))
     with pytest.raises(DeconflowError, match="spatial shape"):
         op.A(torch.zeros(4, 4))
+
+
+def test_big_endian_and_integer_psfs_give_the_native_float_operator():
+    """FITS and some TIFF readers return big-endian arrays; the operator must accept them."""
+    rng = np.random.default_rng(5)
+    psf = rng.random((5, 6, 7))
+    x = torch.tensor(rng.random((9, 10, 11)))
+    native = ConvolutionOperator(psf, x.shape, dtype=torch.float64)
+    swapped = ConvolutionOperator(psf.astype(">f8"), x.shape, dtype=torch.float64)
+    xo = native.extend_image(x)
+    np.testing.assert_array_equal(swapped.A(xo).numpy(), native.A(xo).numpy())
+    counts = (psf * 1000).astype(">u2")
+    as_int = ConvolutionOperator(counts, x.shape, dtype=torch.float64)
+    as_float = ConvolutionOperator(counts.astype(np.float64), x.shape, dtype=torch.float64)
+    np.testing.assert_allclose(as_int.A(xo).numpy(), as_float.A(xo).numpy(), rtol=1e-12)

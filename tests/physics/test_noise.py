@@ -139,3 +139,16 @@ def test_a_given_background_bounds_the_offset_where_no_region_is_dark():
 def test_the_bound_leaves_a_stack_with_dark_regions_alone():
     image, _, _ = _sharp_confocal_stack(150, seed=1)
     assert estimate_camera_noise(image, max_offset=150.0) == estimate_camera_noise(image)
+
+
+def test_given_or_bounded_offset_is_kept_on_a_stack_too_small_for_the_regression():
+    """Fewer than two intensity bins (small or flat stacks) must still honour ``offset``."""
+    rng = np.random.default_rng(4)
+    shape = (4, 12, 12)  # 400 interior voxels: every bin has fewer than 50
+    image = 100.0 + 2.0 * rng.poisson(30.0, shape) + rng.normal(0.0, 3.0, shape)
+    dark = estimate_camera_noise(image).offset
+    assert dark > 140.0  # the darkest neighbourhoods, not the camera offset
+    assert estimate_camera_noise(image, offset=100.0).offset == 100.0
+    assert estimate_camera_noise(image, max_offset=120.0).offset == 120.0
+    # a bound above the dark level does not move it
+    assert estimate_camera_noise(image, max_offset=dark + 50.0).offset == dark

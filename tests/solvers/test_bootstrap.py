@@ -69,3 +69,26 @@ def test_needs_two_replicates(blurred):
     op, mean = blurred
     with pytest.raises(DeconflowError, match="replicates"):
         bootstrap_std(mean, op, BACKGROUND, iterations=2, replicates=1, generator=torch.Generator())
+
+
+def test_integer_counts_are_resampled_like_their_float_copy(blurred):
+    op, mean = blurred
+    counts = torch.poisson(mean, generator=torch.Generator().manual_seed(3))
+    expected = bootstrap_std(
+        counts,
+        op,
+        BACKGROUND,
+        iterations=3,
+        replicates=2,
+        generator=torch.Generator().manual_seed(4),
+    )
+    got = bootstrap_std(
+        counts.to(torch.int64),
+        op,
+        BACKGROUND,
+        iterations=3,
+        replicates=2,
+        generator=torch.Generator().manual_seed(4),
+    )
+    assert got.dtype == op.dtype
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)

@@ -78,7 +78,10 @@ class ConvolutionOperator:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        psf_t = torch.as_tensor(np.asarray(psf) if not isinstance(psf, torch.Tensor) else psf)
+        # float64 numpy in native byte order: torch refuses big-endian arrays (FITS, some TIFFs)
+        psf_t = torch.as_tensor(
+            np.asarray(psf, dtype=np.float64) if not isinstance(psf, torch.Tensor) else psf
+        )
         image_shape = tuple(int(s) for s in image_shape)
         if psf_t.ndim not in (2, 3) or psf_t.ndim != len(image_shape):
             raise DeconflowError(

@@ -136,7 +136,8 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
 
     Uses the median absolute value of the in-plane residual ``x - mean of its
     4 neighbours``, which removes smooth (blurred) signal and keeps white
-    noise with variance ``1.25 sigma^2``.
+    noise with variance ``1.25 sigma^2``. Where that median is 0 (quantised
+    low-count data) the residual's standard deviation is used instead.
 
     Parameters
     ----------
@@ -146,8 +147,8 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
     Returns
     -------
     float
-        Noise standard deviation in the image's units (0 for a noiseless,
-        piecewise-linear stack).
+        Noise standard deviation in the image's units (0 for a noiseless linear
+        stack; the kinks of a piecewise-linear one leave a small positive value).
     """
     arr = np.asarray(image, dtype=np.float64)
     if arr.shape[-1] < 3 or arr.shape[-2] < 3:
@@ -306,9 +307,12 @@ def estimate_camera_noise(
     dark_variance = float(np.var(residual[dark]))
     dark_level = float(values[dark].mean())
     if len(centres) < 2:
-        return CameraNoise(gain=1.0, offset=dark_level, read_sigma=float(np.sqrt(dark_variance)))
-    slope, _ = np.polyfit(centres, variances, 1, w=np.sqrt(counts))
-    gain = max(float(slope), 1e-6)
+        # too few voxels (or levels) for the regression: assume 1 ADU per photon, but keep
+        # a given or bounded offset
+        gain = 1.0
+    else:
+        slope, _ = np.polyfit(centres, variances, 1, w=np.sqrt(counts))
+        gain = max(float(slope), 1e-6)
     if offset is not None:
         camera_offset = float(offset)
     elif max_offset is not None:

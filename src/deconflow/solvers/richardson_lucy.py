@@ -25,7 +25,8 @@ def richardson_lucy_setup(
     Returns
     -------
     y_clipped : torch.Tensor
-        The measurement with negative values (read noise under the offset) set to 0.
+        The measurement with negative values (read noise under the offset) set to 0,
+        in the operator's dtype if it was not float32 or float64 (integer counts).
     inverse_weight : torch.Tensor
         ``1 / H^T 1`` on observable object voxels, 0 elsewhere.
     x0 : torch.Tensor
@@ -35,6 +36,9 @@ def richardson_lucy_setup(
     """
     if background < 0:
         raise DeconflowError(f"background must be >= 0, got {background}.")
+    if y.dtype not in (torch.float32, torch.float64):
+        # integer counts: a flat start in their dtype would be truncated (and TV fail)
+        y = y.to(operator.dtype)
     y_clipped = y.clamp_min(0.0)
     weight = operator.adjoint_of_ones()
     observable = weight > _OBSERVABLE_SHARE * weight.max()

@@ -130,6 +130,8 @@ class Wiener(RunToEnd):
         background : float
             Constant background subtracted before solving.
         """
+        if y.dtype not in (torch.float32, torch.float64):
+            y = y.to(operator.dtype)  # integer counts
         data = y - background
         symbol = _laplacian_symbol(operator)
         lam = self.regularization
