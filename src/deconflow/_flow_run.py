@@ -80,10 +80,13 @@ def calibrate_noise(
         slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + m)
         for n, m in zip(data.shape, _NOISE_WINDOW[-data.ndim :], strict=True)
     )
-    estimated = estimate_camera_noise(data[window], offset=offset, max_offset=background, psf=psf)
+    # a given gain also splits the read noise off the dark level's variance
+    estimated = estimate_camera_noise(
+        data[window], offset=offset, max_offset=background, gain=gain, psf=psf
+    )
     return CameraNoise(
-        gain=gain if gain is not None else estimated.gain,
-        offset=estimated.offset,  # the given offset when there is one
+        gain=estimated.gain,  # the given gain and offset when there are
+        offset=estimated.offset,
         read_sigma=read_sigma if read_sigma is not None else estimated.read_sigma,
     )
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from deconflow import DeconflowError
 from deconflow.physics.noise import estimate_background, estimate_camera_noise, estimate_noise_sigma
 from deconflow.psf import confocal_psf
 
@@ -152,3 +153,31 @@ def test_given_or_bounded_offset_is_kept_on_a_stack_too_small_for_the_regression
     assert estimate_camera_noise(image, max_offset=120.0).offset == 120.0
     # a bound above the dark level does not move it
     assert estimate_camera_noise(image, max_offset=dark + 50.0).offset == dark
+
+
+def test_a_calibrated_gain_splits_the_dark_levels_variance_with_itself():
+    """With gain and offset given, the model's variance at the darkest voxels' level must be
+    the variance measured there: read noise = dark variance - gain * (dark level - offset)
+    with the *given* gain, not with a regression's gain the run then does not use."""
+    from deconflow._flow_run import calibrate_noise
+    from deconflow.solvers.flow import FlowDeconvolution
+
+    gain, offset, read_sigma = 4.0, 100.0, 2.0
+    rng = np.random.default_rng(11)
+    points = np.zeros((24, 96, 96))
+    points[tuple(rng.integers(0, [24, 96, 96], (150, 3)).T)] = 1.0
+    photons = ndimage.gaussian_filter(points, (2.0, 3.0, 3.0))
+    photons = 2.0 + photons * 300.0 / photons.max()  # 2 photons of haze at the dark level
+    image = offset + gain * rng.poisson(photons) + rng.normal(0.0, read_sigma, photons.shape)
+    image = image.astype(np.float32)
+    dark_level = estimate_camera_noise(image).offset  # no offset given: the darkest level
+    psf = np.ones((1, 1, 1))
+    regression = calibrate_noise(image, psf, FlowDeconvolution(camera_offset=offset))
+    # the regression's gain is a few percent off: enough to move the read noise
+    assert regression.gain != pytest.approx(gain, rel=1e-3)
+    given = calibrate_noise(image, psf, FlowDeconvolution(gain=gain, camera_offset=offset))
+    assert (given.gain, given.offset) == (gain, offset)
+    assert given.variance(dark_level) == pytest.approx(regression.variance(dark_level), rel=1e-9)
+    assert abs(given.read_sigma / read_sigma - 1) < 0.25
+    with pytest.raises(DeconflowError, match="gain must be > 0"):
+        estimate_camera_noise(image, gain=0.0)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
 
 __all__ = ["CameraNoise", "estimate_background", "estimate_camera_noise", "estimate_noise_sigma"]
@@ -222,6 +223,7 @@ def estimate_camera_noise(
     *,
     offset: float | None = None,
     max_offset: float | None = None,
+    gain: float | None = None,
     bins: int = 24,
     psf: np.ndarray | None = None,
 ) -> CameraNoise:
@@ -269,6 +271,9 @@ def estimate_camera_noise(
     max_offset : float, optional
         Upper bound on an estimated offset: a background level known to be the offset
         plus haze (a user's ``background``). Ignored when ``offset`` is given.
+    gain : float, optional
+        Known gain (ADU per photon, from a camera calibration): no regression, and the
+        read noise is split off the dark level's variance with it.
     bins : int
         Number of intensity bins.
     psf : numpy.ndarray, optional
@@ -306,7 +311,11 @@ def estimate_camera_noise(
     dark = hollow <= np.quantile(hollow, 0.05)
     dark_variance = float(np.var(residual[dark]))
     dark_level = float(values[dark].mean())
-    if len(centres) < 2:
+    if gain is not None:
+        if not gain > 0:
+            raise DeconflowError(f"gain must be > 0 ADU per photon, got {gain}.")
+        gain = float(gain)
+    elif len(centres) < 2:
         # too few voxels (or levels) for the regression: assume 1 ADU per photon, but keep
         # a given or bounded offset
         gain = 1.0
