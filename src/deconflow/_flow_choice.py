@@ -39,7 +39,7 @@ from deconflow.solvers.stopping import (
     split_counts,
 )
 
-__all__ = ["StrengthChoice", "choose_strength", "iter_choose_strength", "strength_candidates"]
+__all__ = ["StrengthChoice", "iter_choose_strength", "strength_candidates"]
 
 #: Share of the window's photons held out to score the candidates.
 _HOLDOUT = 0.2
@@ -78,28 +78,6 @@ def strength_candidates(settings: FlowDeconvolution) -> dict[str, FlowDeconvolut
             settings, prior_weight=settings.prior_weight * 10 / 3
         ),
     }
-
-
-def choose_strength(
-    counts: np.ndarray,
-    psf: np.ndarray,
-    background: float,
-    first_iterations: int,
-    normalization: Normalization,
-    gain: float,
-    prior: Denoiser,
-    settings: FlowDeconvolution,
-    device: torch.device,
-) -> StrengthChoice:
-    """Run :func:`iter_choose_strength` to the end; arguments and result as there."""
-    events = iter_choose_strength(
-        counts, psf, background, first_iterations, normalization, gain, prior, settings, device
-    )
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
 
 
 def iter_choose_strength(
