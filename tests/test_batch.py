@@ -295,6 +295,14 @@ def test_write_config_prints_commented_defaults_that_parse_back(capsys):
     assert settings.method == "wiener" and settings.wiener.iterations == 4
 
 
+def test_commented_config_keeps_exponent_like_text_as_text():
+    from deconflow.batch.settings import commented_yaml
+    from deconflow.solvers.flow import FlowDeconvolution
+
+    settings = DeconvolutionSettings(method="flow", flow=FlowDeconvolution(weights="1e5"))
+    assert DeconvolutionSettings.from_yaml(commented_yaml(settings)) == settings
+
+
 def test_config_file_and_argument_errors(tmp_path, psf_file, capsys):
     config = tmp_path / "s.yaml"
     config.write_text("method: rl-tv\nrl_tv:\n  iterations: 2\n")

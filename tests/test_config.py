@@ -101,3 +101,30 @@ def test_weights_accept_a_path_object(tmp_path):
 
     direct = FlowDeconvolution(weights=Path("w.pt"))
     assert direct.weights == "w.pt"
+
+
+def test_settings_built_with_numpy_values_write_yaml_and_json():
+    import json
+
+    from deconflow.solvers import RichardsonLucy
+
+    settings = DeconvolutionSettings(
+        voxel_size_um=tuple(np.array([0.3, 0.1, 0.1])),
+        background=np.float32(3.5),
+        tile_shape=tuple(np.array([16, 32, 32])),
+        rl=RichardsonLucy(iterations=np.int64(4)),
+    )
+    plain = settings.to_dict()
+    assert json.loads(json.dumps(plain))["rl"]["iterations"] == 4
+    assert type(plain["background"]) is float and type(plain["tile_shape"][0]) is int
+    back = DeconvolutionSettings.from_yaml(settings.to_yaml())
+    assert back == settings
+    assert back.voxel_size_um == (0.3, 0.1, 0.1) and back.background == 3.5
+
+
+@pytest.mark.parametrize("text", ["1e5", "2E-3", "+1.5e10", "1_0e1"])
+def test_text_that_looks_like_an_exponent_number_stays_text(text):
+    from deconflow.solvers.flow import FlowDeconvolution
+
+    settings = DeconvolutionSettings(method="flow", flow=FlowDeconvolution(weights=text))
+    assert DeconvolutionSettings.from_yaml(settings.to_yaml()).flow.weights == text

@@ -67,3 +67,11 @@ def test_a_psf_with_other_axes_than_the_volumes_is_named(tczyx):
         list(iter_deconvolve_hyperstack(tczyx[0], psf[2], axes="CZYX"))
     with pytest.raises(DeconflowError, match=r"volumes are 2D \(YX\) but a PSF is 3D"):
         list(iter_deconvolve_hyperstack(tczyx[0, :, 0], psf, axes="CYX"))
+
+
+def test_a_psf_voxel_size_without_the_image_voxel_size_is_refused(tczyx):
+    # as for one stack: the PSF cannot be resampled to an unknown image voxel size
+    psf = gaussian_psf((5, 7, 7), (1, 1, 1))
+    settings = DeconvolutionSettings(device="cpu", psf_voxel_size_um=(0.1, 0.05, 0.05))
+    with pytest.raises(DeconflowError, match="psf_voxel_size was given without voxel_size"):
+        list(iter_deconvolve_hyperstack(tczyx[0], psf, settings, axes="CZYX"))

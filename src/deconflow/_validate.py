@@ -73,6 +73,13 @@ def as_float_image(array: object, what: str) -> np.ndarray:
             f"The {what} contains {bad} NaN or Inf values; replace them (e.g. with "
             "np.nan_to_num or the background level) before deconvolving."
         )
+    largest = float(np.abs(out).max())
+    if largest > float(np.finfo(np.float32).max):  # a float32 copy would hold Inf
+        raise DeconflowError(
+            f"The {what} has values beyond float32's range (largest magnitude {largest:.3g}, "
+            "limit 3.4e38), which deconvolution computes in; rescale it (e.g. divide by its "
+            "maximum) first."
+        )
     return out.astype(np.float32)
 
 

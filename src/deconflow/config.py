@@ -53,11 +53,15 @@ class _SettingsLoader(yaml.SafeLoader):
     """
 
 
-_SettingsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _SettingsDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes text the loader would read as a number (``'1e5'``)."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+for _yaml_class in (_SettingsLoader, _SettingsDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789")
+    )
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -106,6 +110,21 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise DeconflowError(f"{name} must be a string, got {value!r}.")
         return value
     return value
+
+
+def _voxel_size(value: Any, name: str) -> VoxelSize | None:
+    """Return a keyword voxel size (``(z, y, x)`` numbers) as a tuple of floats, or None."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str | bytes):
+            raise TypeError
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise DeconflowError(
+            f"{name} must be a sequence of numbers in micrometres ordered (z, y, x), or (y, x) "
+            f"for a 2D image, e.g. {name}=(0.3, 0.1, 0.1); got {value!r}."
+        ) from None
 
 
 def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
@@ -259,10 +278,8 @@ class DeconvolutionSettings:
         checked = {k: _coerce(v, hints[k], k) for k, v in common.items()}
         return cls(
             method=method,
-            voxel_size_um=None if voxel_size is None else tuple(float(v) for v in voxel_size),
-            psf_voxel_size_um=(
-                None if psf_voxel_size is None else tuple(float(v) for v in psf_voxel_size)
-            ),
+            voxel_size_um=_voxel_size(voxel_size, "voxel_size"),
+            psf_voxel_size_um=_voxel_size(psf_voxel_size, "psf_voxel_size"),
             device=str(device),
             **checked,
             **{section: _build(section_cls, method_options, section)},
@@ -277,6 +294,8 @@ class DeconvolutionSettings:
                 return [plain(v) for v in value]
             if isinstance(value, dict):
                 return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, np.generic):  # np.float32(...) given to the constructor
+                return value.item()
             return value
 
         return plain(dataclasses.asdict(self))
@@ -305,7 +324,7 @@ class DeconvolutionSettings:
             "# deconflow deconvolution settings (schema version "
             f"{SCHEMA_VERSION}); null means 'estimate from the data'\n"
         )
-        return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return header + yaml.dump(self.to_dict(), Dumper=_SettingsDumper, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> DeconvolutionSettings:

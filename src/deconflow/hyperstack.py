@@ -151,6 +151,12 @@ def iter_deconvolve_hyperstack(
         )
     image_voxel = check_voxel_size(settings.voxel_size_um, len(spatial), "voxel_size")
     psf_voxel = check_voxel_size(settings.psf_voxel_size_um, len(spatial), "psf_voxel_size")
+    if image_voxel is None and psf_voxel is not None:
+        # the inner runs would never see it: the PSF would be used at the image's voxels
+        raise DeconflowError(
+            "psf_voxel_size was given without voxel_size; give the image's voxel size too so "
+            "the PSF can be resampled to it."
+        )
     psf_voxel = psf_voxel if psf_voxel is not None else image_voxel
     spatial_shape = data.shape[len(leading) :]
     prepared = [prepared_psf(p, spatial_shape, settings, image_voxel, psf_voxel) for p in psfs]

@@ -98,3 +98,30 @@ def test_sampling_is_seeded(tiny_net):
     a = prior.sample((1, 1, 4, 8, 8), steps=3, generator=torch.Generator().manual_seed(2))
     b = prior.sample((1, 1, 4, 8, 8), steps=3, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, b)
+
+
+def test_voxel_sizes_that_give_no_aspect_are_refused(tiny_net):
+    import pytest
+
+    from deconflow import DeconflowError
+
+    prior = FlowPrior(tiny_net)
+    for bad in [(0.0, 0.1, 0.1), (-0.3, 0.1, 0.1), (float("nan"), 0.1, 0.1), (0.3, 0.1, 0.0)]:
+        with pytest.raises(DeconflowError, match="positive"):
+            prior.for_voxel_size(bad)
+    with pytest.raises(DeconflowError, match=r"\(z, y, x\)"):
+        prior.for_voxel_size((0.1,))
+    assert prior.for_voxel_size((0.1, 0.1)).voxel_aspect == 1.0
+    assert prior.for_voxel_size((0.5, 0.2, 0.1)).voxel_aspect == 5.0
+
+
+def test_a_2d_input_is_told_aspect_1_whatever_the_prior_holds(tiny_net):
+    # training shows the 2D path aspect 1 only; a 3D prior's aspect must not reach it
+    flat = FlowPrior(tiny_net)
+    tall = flat.for_voxel_size((0.4, 0.1, 0.1))
+    plane = torch.randn(16, 24)
+    torch.testing.assert_close(tall.velocity(plane, 0.5), flat.velocity(plane, 0.5))
+    batch = torch.randn(2, 1, 16, 24)
+    torch.testing.assert_close(tall.denoise(batch, 0.3), flat.denoise(batch, 0.3))
+    vol = torch.randn(4, 16, 24)
+    assert not torch.allclose(tall.velocity(vol, 0.5), flat.velocity(vol, 0.5))

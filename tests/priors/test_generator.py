@@ -98,3 +98,18 @@ def test_unknown_structure_is_refused():
     with pytest.raises(ValueError, match="unknown structure"):
         render_structure("mitochondria", (4, 8, 8), ISO, np.random.default_rng(0))
     assert set(STRUCTURES) == {"filaments", "network", "puncta", "vesicles", "membranes", "nuclei"}
+
+
+@pytest.mark.parametrize("kind", STRUCTURES)
+@pytest.mark.parametrize("shape", [(1, 24, 24), (4, 1, 24), (4, 24, 1)])
+def test_every_structure_renders_a_single_plane_or_row(kind, shape):
+    vol = render_structure(kind, shape, (0.3, 0.1, 0.1), np.random.default_rng(3))
+    assert vol.shape == shape and vol.dtype == np.float32
+    assert np.isfinite(vol).all() and vol.min() >= 0
+
+
+def test_membranes_are_unchanged_on_ordinary_shapes():
+    # the one-plane fix must not change what training draws (values from before the fix)
+    vol = render_structure("membranes", (6, 20, 20), (0.3, 0.1, 0.1), np.random.default_rng(5))
+    assert float(vol.astype(np.float64).sum()) == pytest.approx(77.40111743981515, rel=1e-6)
+    assert float(vol.max()) == pytest.approx(0.714485228061676, rel=1e-6)

@@ -46,3 +46,16 @@ def test_flat_volume_keeps_units_and_bad_input_is_refused():
         fit_normalization(np.array([[1.0, np.nan]]))
     with pytest.raises(DeconflowError):
         fit_normalization(np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tensors_are_normalised_like_float32(dtype):
+    # a prior run in bfloat16 hands bfloat16 estimates around; numpy has no bfloat16
+    rng = np.random.default_rng(1)
+    vol = rng.uniform(0.0, 1.0, (6, 16, 16)).astype(np.float32)
+    vol[3, 8, 8] = 40.0
+    low = torch.from_numpy(vol).to(dtype)
+    norm = fit_normalization(low)
+    expected = fit_normalization(low.float().numpy())
+    assert norm == expected
+    assert norm.scale > 1.0

@@ -101,3 +101,22 @@ def test_a_training_checkpoint_is_named_as_such(tmp_path):
     train_prior(config, progress=False)
     with pytest.raises(DeconflowError, match=r"training checkpoint.*mine\.pt"):
         load_prior(tmp_path / "mine.ckpt.pt")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda b: b.__setitem__("format_version", "one"), "format version"),
+        (lambda b: b.__setitem__("card", [1, 2]), "card"),
+        (lambda b: b["network"].__setitem__("groups", 0), "architecture"),
+        (lambda b: b["network"].__setitem__("channels", [4, 0, 8]), "architecture"),
+        (lambda b: b["state_dict"]["inp.weight"].fill_(float("nan")), "NaN or Inf"),
+    ],
+)
+def test_edited_or_corrupt_contents_are_named(tiny_net, tmp_path, edit, fragment):
+    path = save_prior(tiny_net, tmp_path / "w.pt")
+    blob = torch.load(path, weights_only=True)
+    edit(blob)
+    torch.save(blob, path)
+    with pytest.raises(DeconflowError, match=fragment):
+        load_prior(path)

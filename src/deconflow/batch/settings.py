@@ -18,7 +18,7 @@ import yaml
 
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
-from deconflow.config import METHODS, DeconvolutionSettings
+from deconflow.config import METHODS, DeconvolutionSettings, _SettingsDumper
 
 __all__ = ["build_settings", "commented_yaml", "resolve_voxel_sizes", "settings_from_args"]
 
@@ -159,7 +159,9 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def _yaml_value(value: Any) -> str:
     # dumping inside a one-item flow list gives the inline form ("null", "[0.3, 0.1, 0.1]")
-    return yaml.safe_dump([value], default_flow_style=True, allow_unicode=True).strip()[1:-1]
+    # the settings' dumper: text such as "1e5" is quoted, as the settings loader needs
+    text = yaml.dump([value], Dumper=_SettingsDumper, default_flow_style=True, allow_unicode=True)
+    return text.strip()[1:-1]
 
 
 def _comment(text: str, indent: str) -> list[str]:

@@ -15,11 +15,13 @@ A sampler integrates ``dx/dt = v(x, t)`` from ``t = 0`` to ``1``, or re-noises a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from deconflow._errors import DeconflowError
 from deconflow.priors.network import VelocityUNet, flops_per_voxel
 
 __all__ = ["FlowPrior", "cfm_loss", "interpolate"]
@@ -81,7 +83,8 @@ class FlowPrior:
     network : VelocityUNet
         Trained (EMA) network; it is put in eval mode and frozen.
     voxel_aspect : float
-        z step over pixel size of the volumes this prior will see (1 for 2D).
+        z step over pixel size of the volumes this prior will see; 2D inputs
+        (``(Y, X)``, ``(B, 1, Y, X)``) always run with aspect 1, as in training.
     card : dict
         Model card of the weights (provenance), possibly empty.
     compute_dtype : torch.dtype
@@ -110,9 +113,24 @@ class FlowPrior:
         self.network.requires_grad_(False)
 
     def for_voxel_size(self, voxel_size_um: Sequence[float]) -> FlowPrior:
-        """Return the same prior told the aspect of ``(z, y, x)`` voxel sizes (2D: aspect 1)."""
-        aspect = voxel_size_um[0] / voxel_size_um[-1] if len(voxel_size_um) == 3 else 1.0
-        return replace(self, voxel_aspect=float(aspect))
+        """Return the same prior told the aspect of ``(z, y, x)`` voxel sizes (2D: aspect 1).
+
+        Raises
+        ------
+        DeconflowError
+            Unless the sizes are 2 or 3 positive finite micrometres.
+        """
+        sizes = [float(v) for v in voxel_size_um]
+        if len(sizes) not in (2, 3):
+            raise DeconflowError(
+                f"voxel_size_um {tuple(voxel_size_um)} has {len(sizes)} entries; give "
+                "(z, y, x) for a volume or (y, x) for a plane, in micrometres."
+            )
+        if not all(math.isfinite(v) and v > 0 for v in sizes):
+            # a zero or negative z step makes log(aspect) NaN and every velocity NaN
+            raise DeconflowError(f"voxel_size_um must be positive micrometres, got {tuple(sizes)}.")
+        aspect = sizes[0] / sizes[-1] if len(sizes) == 3 else 1.0
+        return replace(self, voxel_aspect=aspect)
 
     def to(self, device: torch.device | str) -> FlowPrior:
         """Move the network to ``device`` (in place) and return self."""
@@ -146,6 +164,8 @@ class FlowPrior:
         """
         spatial = x_t.ndim in (2, 3)
         x = (x_t[None, None] if spatial else x_t).float()
+        # a plane runs the 2D path, which training only ever told aspect 1
+        aspect = 1.0 if x.ndim == 4 else self.voxel_aspect
         low = self.compute_dtype == torch.bfloat16
         if low and x.device.type == "cpu" and x.ndim == 5:
             # oneDNN's bfloat16 convolutions are ~1.4x faster channels-last
@@ -154,7 +174,7 @@ class FlowPrior:
             torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad),
             torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low),
         ):
-            v = self.network(x, t, self.voxel_aspect)
+            v = self.network(x, t, aspect)
         v = v.to(x_t.dtype).contiguous()
         return v[0, 0] if spatial else v
 

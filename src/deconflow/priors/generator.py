@@ -204,7 +204,11 @@ def _membranes(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: floa
     normal = rng.standard_normal(3)
     ramp = (normal[0] * z + normal[1] * y + normal[2] * x) / np.linalg.norm(normal)
     phi = phi + rng.uniform(0, 2) * (ramp - ramp.mean()) / max(_extent(shape, vox).max(), 1e-6)
-    grads = np.gradient(phi, *vox)
+    # np.gradient needs two samples along an axis; a single plane (or row) has no slope there
+    grads = [
+        np.gradient(phi, v, axis=a) if n > 1 else np.zeros_like(phi)
+        for a, (n, v) in enumerate(zip(shape, vox, strict=True))
+    ]
     grad = np.sqrt(sum(g**2 for g in grads))
     unit_normal = [g / (grad + 1e-6) for g in grads]
     dist = phi / (grad + 1e-6)  # ≈ signed distance (µm) to the level set phi = 0

@@ -45,6 +45,8 @@ class NetworkConfig:
     groups: int = 4
 
     def __post_init__(self) -> None:
+        if not self.channels or min(self.channels) < 1 or self.groups < 1 or self.embed_dim < 1:
+            raise ValueError("channels, groups and embed_dim must be positive")
         if len(self.z_pool) != len(self.channels) - 1:
             raise ValueError("z_pool needs one entry per downsampling step")
         if any(c % self.groups for c in self.channels):

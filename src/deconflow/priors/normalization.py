@@ -85,7 +85,8 @@ def fit_normalization(volume: np.ndarray | torch.Tensor) -> Normalization:
     DeconflowError
         If the volume is empty or not finite.
     """
-    arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else volume
+    # float32 before numpy: numpy has no bfloat16, the dtype a bfloat16 prior's output has
+    arr = volume.detach().float().cpu().numpy() if isinstance(volume, torch.Tensor) else volume
     arr = np.asarray(arr, dtype=np.float32)
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise DeconflowError("Cannot normalise an empty volume or one with NaN/Inf values.")

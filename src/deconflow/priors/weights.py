@@ -100,7 +100,7 @@ def load_prior(
     ------
     DeconflowError
         If the file is missing, truncated/corrupt, not a deconflow prior, or its weights do
-        not fit the architecture it declares.
+        not fit the architecture it declares or hold NaN/Inf values.
     """
     path = default_weights_path() if path is None else Path(path)
     if not path.is_file():
@@ -127,21 +127,43 @@ def load_prior(
             f"{path} is not a deconflow flow-prior weights file (no '{_FORMAT}' header); "
             "it may be a checkpoint of another model."
         )
-    if int(blob.get("format_version", -1)) > _FORMAT_VERSION:
+    version = blob.get("format_version", -1)
+    if not isinstance(version, int) or isinstance(version, bool):
         raise DeconflowError(
-            f"{path} was written by a newer deconflow (format {blob['format_version']}); "
+            f"{path} has an invalid format version {version!r} (an edited or corrupt file); "
+            "re-copy it or retrain with 'deconflow train'."
+        )
+    if version > _FORMAT_VERSION:
+        raise DeconflowError(
+            f"{path} was written by a newer deconflow (format {version}); "
             "upgrade deconflow to load it."
         )
     try:
         network = VelocityUNet(NetworkConfig.from_dict(blob["network"]))
         network.load_state_dict(blob["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0][:300]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise DeconflowError(
             f"The weights in {path} do not match the network architecture they declare "
             f"(wrong architecture or edited file): {first}"
         ) from exc
+    bad = [
+        name
+        for name, value in blob["state_dict"].items()
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all()
+    ]
+    if bad:
+        raise DeconflowError(
+            f"The weights in {path} hold NaN or Inf values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): the file is corrupt or its training "
+            "diverged. Re-copy it or retrain with 'deconflow train'."
+        )
     card = blob.get("card") or {}
+    if not isinstance(card, dict):
+        raise DeconflowError(
+            f"{path} has a model card of type {type(card).__name__}, not a mapping (an edited "
+            "or corrupt file); re-copy it or retrain with 'deconflow train'."
+        )
     device = torch.device(device)
     dtype = resolve_precision(precision, device)
     if dtype == torch.bfloat16 and device.type == "cpu":
