@@ -191,7 +191,12 @@ def _vesicles(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float
             )
             * r
         )
-        shell = np.exp(-0.5 * ((d - r) / wall) ** 2)
+        # the wall's unit normal (the ellipsoid's gradient); voxel-averaged along it as
+        # membranes are, or a vesicle's caps, where the wall is tilted, would be
+        # point-sampled on a coarse z grid and come out patchy or missing
+        grad = [(p - cp) / a**2 for p, cp, a in zip((z, y, x), c, axes, strict=True)]
+        norm = np.sqrt(sum(g**2 for g in grad)) + 1e-9
+        shell = _sheet(d - r, wall, [g / norm for g in grad], vox)
         lumen = rng.uniform(0, 0.15) * (d < r)  # faint content, always well below the wall
         out += rng.lognormal(0, 0.3) * (shell + lumen).astype(np.float32)
     return out
