@@ -288,3 +288,37 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_card(tmp_path, mo
         torch.testing.assert_close(v, b.network.state_dict()[k], rtol=0, atol=0, msg=k)
     assert b.card["loss_curve"] == a.card["loss_curve"]
     assert b.card["final_loss"] == a.card["final_loss"]
+
+
+def test_the_non_finite_loss_advice_is_what_resume_accepts(tmp_path, monkeypatch):
+    """The advice names only changes ``--resume`` takes: a lower lr needs a new run."""
+    import re
+
+    import deconflow.priors.train as train_module
+
+    train_prior(_tiny_config(tmp_path, steps=2), progress=False)  # a checkpoint at step 2
+    real = train_module.cfm_loss
+    monkeypatch.setattr(train_module, "cfm_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(DeconflowError, match="not finite at step 3") as info:
+        train_prior(_tiny_config(tmp_path, steps=4, resume=True), progress=False)
+    advice = str(info.value)
+    resume_advice = re.search(r"resume from the last checkpoint with ([^,;]*)", advice)
+    assert resume_advice is not None and "lr" not in resume_advice[1], advice
+    assert "float32" in resume_advice[1]
+    monkeypatch.setattr(train_module, "cfm_loss", real)
+    # following it works: the precision may change on resume
+    path = train_prior(
+        _tiny_config(tmp_path, steps=4, precision="float32", resume=True), progress=False
+    )
+    assert load_prior(path).card["steps"] == 4
+
+
+def test_resuming_into_float16_loss_scaling_from_a_run_without_it(tmp_path, monkeypatch):
+    """A run without loss scaling (CPU, or bfloat16) resumed where float16 needs it (a CUDA
+    GPU without bfloat16): the precision may change, so the empty scaler state is skipped."""
+    import deconflow.priors.train as train_module
+
+    train_prior(_tiny_config(tmp_path, steps=2), progress=False)
+    monkeypatch.setattr(train_module, "_autocast_dtype", lambda precision, device: torch.float16)
+    path = train_prior(_tiny_config(tmp_path, steps=3, resume=True), progress=False)
+    assert load_prior(path).card["steps"] == 3

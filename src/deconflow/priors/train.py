@@ -184,8 +184,8 @@ def _check_resume(config: TrainConfig, saved: object, ckpt: Path) -> None:
             f"The checkpoint {ckpt} was trained with other settings ({'; '.join(changed)}). "
             "Resume with the settings it was started with (only the steps, time limit, "
             "device, precision, threads, workers and checkpoint interval may change), or "
-            "start a new run: drop --resume (the checkpoint is replaced), or fine-tune its "
-            "weights with --init."
+            "start a new run: drop --resume (the checkpoint is replaced), or fine-tune the "
+            f"weights its finished run wrote with --init {config.out}."
         )
 
 
@@ -265,7 +265,9 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
         # the losses since the last curve point: without them the resumed run's next point
         # (and the card's final loss) would average fewer steps than the uninterrupted run's
         window = [float(v) for v in json.loads(str(state.get("window", "[]")))]
-        if "scaler" in state:  # float16 loss scaling (CUDA without bfloat16)
+        # float16 loss scaling (CUDA without bfloat16); a run without it saved an empty
+        # state, which an enabled scaler refuses: it then starts at its initial scale
+        if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     else:
         window = []
@@ -294,8 +296,9 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
             if not torch.isfinite(loss):
                 raise DeconflowError(
                     f"The training loss is not finite at step {step + 1} (precision "
-                    f"{config.precision!r}); resume from the last checkpoint with a lower lr or "
-                    "precision='float32'."
+                    f"{config.precision!r}); resume from the last checkpoint with "
+                    "precision='float32' (--resume --precision float32), or start a new run "
+                    "with a lower lr (a resumed run keeps the lr it was started with)."
                 )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
