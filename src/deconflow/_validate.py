@@ -83,6 +83,24 @@ def as_float_image(array: object, what: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def psf_voxel_size_or_image(
+    image_voxel: VoxelSize | None, psf_voxel: VoxelSize | None
+) -> VoxelSize | None:
+    """Return the PSF's voxel size (checked sizes), the image's when none is given.
+
+    Raises
+    ------
+    DeconflowError
+        If the PSF's is given without the image's: there is nothing to resample it to.
+    """
+    if image_voxel is None and psf_voxel is not None:
+        raise DeconflowError(
+            "psf_voxel_size was given without voxel_size; give the image's voxel size too so "
+            "the PSF can be resampled to it."
+        )
+    return psf_voxel if psf_voxel is not None else image_voxel
+
+
 def check_voxel_size(voxel_size: Sequence[float] | None, ndim: int, what: str) -> VoxelSize | None:
     """Validate a voxel size: ``ndim`` positive finite numbers in micrometres, or None."""
     if voxel_size is None:

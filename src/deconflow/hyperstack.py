@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from deconflow._errors import DeconflowError
-from deconflow._validate import check_voxel_size
+from deconflow._validate import check_voxel_size, psf_voxel_size_or_image
 from deconflow._version import __version__
 from deconflow.config import DeconvolutionSettings
 from deconflow.pipeline import Progress, Result, iter_deconvolve, prepared_psf
@@ -150,14 +150,11 @@ def iter_deconvolve_hyperstack(
             "or one per channel."
         )
     image_voxel = check_voxel_size(settings.voxel_size_um, len(spatial), "voxel_size")
-    psf_voxel = check_voxel_size(settings.psf_voxel_size_um, len(spatial), "psf_voxel_size")
-    if image_voxel is None and psf_voxel is not None:
-        # the inner runs would never see it: the PSF would be used at the image's voxels
-        raise DeconflowError(
-            "psf_voxel_size was given without voxel_size; give the image's voxel size too so "
-            "the PSF can be resampled to it."
-        )
-    psf_voxel = psf_voxel if psf_voxel is not None else image_voxel
+    # refused alone, as for a single stack: the inner runs would never see it
+    psf_voxel = psf_voxel_size_or_image(
+        image_voxel,
+        check_voxel_size(settings.psf_voxel_size_um, len(spatial), "psf_voxel_size"),
+    )
     spatial_shape = data.shape[len(leading) :]
     prepared = [prepared_psf(p, spatial_shape, settings, image_voxel, psf_voxel) for p in psfs]
     # prepared PSFs already sit at the image's voxel size: the inner runs only normalise them

@@ -32,7 +32,7 @@ from deconflow._flow_run import (
 )
 from deconflow._progress import Progress, Stage
 from deconflow._types import VoxelSize
-from deconflow._validate import as_float_image, check_voxel_size
+from deconflow._validate import as_float_image, check_voxel_size, psf_voxel_size_or_image
 from deconflow._version import __version__
 from deconflow.config import DeconvolutionSettings
 from deconflow.physics.noise import estimate_background, estimate_noise_sigma
@@ -193,13 +193,7 @@ def iter_deconvolve(
             f"tile_shape {settings.tile_shape} has {len(settings.tile_shape)} entries but the "
             f"image has {data.ndim} axes; give one size per axis, ordered {order}, or None."
         )
-    if psf_voxel is None:
-        psf_voxel = image_voxel
-    if image_voxel is None and settings.psf_voxel_size_um is not None:
-        raise DeconflowError(
-            "psf_voxel_size was given without voxel_size; give the image's voxel size too so "
-            "the PSF can be resampled to it."
-        )
+    psf_voxel = psf_voxel_size_or_image(image_voxel, psf_voxel)
     device = resolve_device(settings.device)
 
     yield Progress("psf", 0, 1, "preparing the PSF")

@@ -15,13 +15,13 @@ A sampler integrates ``dx/dt = v(x, t)`` from ``t = 0`` to ``1``, or re-noises a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from deconflow._errors import DeconflowError
+from deconflow._validate import check_voxel_size
 from deconflow.priors.network import VelocityUNet, flops_per_voxel
 
 __all__ = ["FlowPrior", "cfm_loss", "interpolate"]
@@ -120,15 +120,14 @@ class FlowPrior:
         DeconflowError
             Unless the sizes are 2 or 3 positive finite micrometres.
         """
-        sizes = [float(v) for v in voxel_size_um]
-        if len(sizes) not in (2, 3):
+        if len(voxel_size_um) not in (2, 3):
             raise DeconflowError(
-                f"voxel_size_um {tuple(voxel_size_um)} has {len(sizes)} entries; give "
+                f"voxel_size_um {tuple(voxel_size_um)} has {len(voxel_size_um)} entries; give "
                 "(z, y, x) for a volume or (y, x) for a plane, in micrometres."
             )
-        if not all(math.isfinite(v) and v > 0 for v in sizes):
-            # a zero or negative z step makes log(aspect) NaN and every velocity NaN
-            raise DeconflowError(f"voxel_size_um must be positive micrometres, got {tuple(sizes)}.")
+        # a zero or negative z step would make log(aspect) NaN and every velocity NaN
+        sizes = check_voxel_size(voxel_size_um, len(voxel_size_um), "voxel_size_um")
+        assert sizes is not None  # not None in, not None out
         aspect = sizes[0] / sizes[-1] if len(sizes) == 3 else 1.0
         return replace(self, voxel_aspect=aspect)
 

@@ -7,10 +7,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["RunToEnd", "multiplicative_iterations"]
+__all__ = ["RunToEnd", "float_measurement", "multiplicative_iterations"]
 
 #: Biggs–Andrews extrapolation is capped below 1 so a run of similar steps cannot diverge.
 _MAX_ACCELERATION = 0.95
+
+
+def float_measurement(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return ``y`` itself when float32/float64, else (integer counts) converted to ``dtype``.
+
+    Why: in their own dtype integer counts truncate a flat start, cannot take the
+    in-place float updates of RL-TV or a running mean, and give a float32 FFT.
+    """
+    return y if y.dtype in (torch.float32, torch.float64) else y.to(dtype)
 
 
 def multiplicative_iterations(

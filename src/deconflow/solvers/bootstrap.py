@@ -17,6 +17,7 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
+from deconflow.solvers._iterations import float_measurement
 from deconflow.solvers.richardson_lucy import RichardsonLucy
 
 __all__ = ["bootstrap_std"]
@@ -58,8 +59,7 @@ def bootstrap_std(
     if replicates < 2:
         raise DeconflowError(f"replicates must be >= 2 for a spread, got {replicates}.")
     solver = RichardsonLucy(iterations)
-    if counts.dtype not in (torch.float32, torch.float64):
-        counts = counts.to(operator.dtype)  # integer counts: Poisson rates and sums need floats
+    counts = float_measurement(counts, operator.dtype)  # Poisson rates and sums need floats
     # Welford's running mean and sum of squared deviations: no cancellation in float32
     mean = torch.zeros(operator.object_shape, dtype=counts.dtype, device=counts.device)
     squares = torch.zeros_like(mean)

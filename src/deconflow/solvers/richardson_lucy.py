@@ -9,7 +9,11 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
-from deconflow.solvers._iterations import RunToEnd, multiplicative_iterations
+from deconflow.solvers._iterations import (
+    RunToEnd,
+    float_measurement,
+    multiplicative_iterations,
+)
 
 __all__ = ["RichardsonLucy", "richardson_lucy_setup", "rl_update"]
 
@@ -36,17 +40,17 @@ def richardson_lucy_setup(
     """
     if background < 0:
         raise DeconflowError(f"background must be >= 0, got {background}.")
-    if y.dtype not in (torch.float32, torch.float64):
-        # integer counts: a flat start in their dtype would be truncated (and TV fail)
-        y = y.to(operator.dtype)
-    y_clipped = y.clamp_min(0.0)
+    y_clipped = float_measurement(y, operator.dtype).clamp_min(0.0)
     weight = operator.adjoint_of_ones()
     observable = weight > _OBSERVABLE_SHARE * weight.max()
     inverse_weight = torch.where(observable, 1.0 / weight.clamp_min(1e-30), 0.0)
     level = float((y_clipped.mean() - background).item())
     scale = max(float(y_clipped.mean().item()), 1e-12)
     level = max(level, 1e-3 * scale)
-    x0 = torch.full(operator.object_shape, level, dtype=y.dtype, device=y.device) * observable
+    x0 = (
+        torch.full(operator.object_shape, level, dtype=y_clipped.dtype, device=y.device)
+        * observable
+    )
     return y_clipped, inverse_weight, x0, 1e-6 * scale
 
 

@@ -10,7 +10,7 @@ import torch
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
 from deconflow.physics.noise import estimate_noise_sigma
-from deconflow.solvers._iterations import RunToEnd
+from deconflow.solvers._iterations import RunToEnd, float_measurement
 
 __all__ = ["Wiener", "fourier_tikhonov_inverse", "noise_to_signal_regularization"]
 
@@ -130,9 +130,7 @@ class Wiener(RunToEnd):
         background : float
             Constant background subtracted before solving.
         """
-        if y.dtype not in (torch.float32, torch.float64):
-            y = y.to(operator.dtype)  # integer counts
-        data = y - background
+        data = float_measurement(y, operator.dtype) - background
         symbol = _laplacian_symbol(operator)
         lam = self.regularization
         if lam is None:
