@@ -135,6 +135,55 @@ def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monk
         run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"),
+        MemoryError("Unable to allocate 128. TiB"),
+    ],
+)
+def test_host_out_of_memory_also_retries_with_smaller_tiles(stack, monkeypatch, error):
+    # on the CPU torch's allocator raises a plain RuntimeError and numpy a MemoryError
+    image, psf = stack
+    import deconflow.pipeline as pipeline
+
+    real = pipeline.classical_block_solver
+    calls = {"n": 0}
+
+    def flaky_factory(*args, **kwargs):
+        solve = real(*args, **kwargs)
+
+        def flaky(block, index, tile, tiles):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise error
+            return (yield from solve(block, index, tile, tiles))
+
+        return flaky
+
+    monkeypatch.setattr(pipeline, "classical_block_solver", flaky_factory)
+    settings = DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(2))
+    result = run_to_result(deconflow.iter_deconvolve(image, psf, settings))
+    assert any("ran out of cpu memory" in note for note in result.notes)
+    assert result.image.shape == image.shape
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(stack, monkeypatch):
+    image, psf = stack
+    import deconflow.pipeline as pipeline
+
+    def broken_factory(*args, **kwargs):
+        def broken(block, index, tile, tiles):
+            raise RuntimeError("shape mismatch")
+            yield  # pragma: no cover - makes this a generator
+
+        return broken
+
+    monkeypatch.setattr(pipeline, "classical_block_solver", broken_factory)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
+
+
 @pytest.mark.slow
 def test_flow_memory_estimate_covers_its_measured_peak():
     """The planner must not under-plan the flow: its network's activations dominate."""

@@ -15,7 +15,13 @@ from deconflow.physics.blur import ConvolutionOperator
 from deconflow.solvers import RichardsonLucy, RichardsonLucyTV, Wiener
 from deconflow.tiling import TilePlan, blend_weight, plan_tiles
 
-__all__ = ["BlockOutput", "BlockSolver", "classical_block_solver", "run_plan"]
+__all__ = [
+    "BlockOutput",
+    "BlockSolver",
+    "classical_block_solver",
+    "is_out_of_memory",
+    "run_plan",
+]
 
 ClassicalSolver = RichardsonLucy | RichardsonLucyTV | Wiener
 
@@ -113,6 +119,20 @@ def _run_once(
     return _blend(plan, data.shape, outputs)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure, on the GPU or in host memory.
+
+    torch's CPU allocator raises a plain ``RuntimeError`` ("DefaultCPUAllocator: can't
+    allocate memory"), numpy a ``MemoryError``; CUDA has its own type.
+    """
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "DefaultCPUAllocator" in text or "can't allocate memory" in text
+    )
+
+
 def run_plan(
     data: np.ndarray,
     plan: TilePlan,
@@ -125,11 +145,14 @@ def run_plan(
 ) -> Generator[Progress, None, BlockOutput]:
     """Run ``solve`` over ``plan``; on out-of-memory retry once with tiles half the size.
 
+    Out of memory means the GPU's or, on the CPU, the host's (:func:`is_out_of_memory`).
     Notes about what was decided are appended to ``notes``.
     """
     try:
         return (yield from _run_once(data, plan, solve))
-    except torch.cuda.OutOfMemoryError:
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
     smaller = plan_tiles(
@@ -147,7 +170,9 @@ def run_plan(
     )
     try:
         return (yield from _run_once(data, smaller, solve))
-    except torch.cuda.OutOfMemoryError:
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
         raise DeconflowError(oom_message(device, smaller)) from None
 
 
@@ -155,6 +180,10 @@ def oom_message(device: torch.device, plan: TilePlan) -> str:
     """Explain that even the smallest tiles did not fit, and what to do."""
     return (
         f"Out of {device} memory even with {plan.count} tiles of up to {plan.tile_shape} voxels. "
-        "Set a smaller tile_shape (e.g. (32, 128, 128)) or memory_budget_gb, close other "
-        "programs using the device, or run with device='cpu'."
+        "Set a smaller tile_shape (e.g. (32, 128, 128)) or memory_budget_gb, or close other "
+        + (
+            "programs using the device, or run with device='cpu'."
+            if device.type == "cuda"
+            else "programs, or run fewer batch workers at once."
+        )
     )

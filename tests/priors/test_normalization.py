@@ -48,6 +48,13 @@ def test_flat_volume_keeps_units_and_bad_input_is_refused():
         fit_normalization(np.zeros((0, 3)))
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (16,)])
+def test_only_one_2d_or_3d_volume_is_normalised(shape):
+    # a (K, Z, Y, X) batch would be smoothed across K and share one scale
+    with pytest.raises(DeconflowError, match="one 2D or 3D volume"):
+        fit_normalization(np.ones(shape, np.float32))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_tensors_are_normalised_like_float32(dtype):
     # a prior run in bfloat16 hands bfloat16 estimates around; numpy has no bfloat16

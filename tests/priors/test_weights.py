@@ -37,6 +37,14 @@ def test_missing_file(tmp_path):
         load_prior(tmp_path / "nope.pt")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_named_before_the_file_is_read(tmp_path):
+    with pytest.raises(DeconflowError, match="no usable CUDA GPU"):
+        load_prior(tmp_path / "nope.pt", device="cuda")
+    with pytest.raises(DeconflowError, match="Unknown device"):
+        load_prior(device="gpu0")
+
+
 def test_truncated_file(tiny_net, tmp_path):
     path = save_prior(tiny_net, tmp_path / "w.pt")
     data = path.read_bytes()

@@ -83,11 +83,17 @@ def fit_normalization(volume: np.ndarray | torch.Tensor) -> Normalization:
     Raises
     ------
     DeconflowError
-        If the volume is empty or not finite.
+        If the volume is not 2D or 3D, is empty, or is not finite.
     """
     # float32 before numpy: numpy has no bfloat16, the dtype a bfloat16 prior's output has
     arr = volume.detach().float().cpu().numpy() if isinstance(volume, torch.Tensor) else volume
     arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim not in (2, 3):
+        # a stack of volumes would be smoothed across its first axis and share one scale
+        raise DeconflowError(
+            f"fit_normalization takes one 2D or 3D volume, got shape {arr.shape}; "
+            "normalise each volume of a batch or time series on its own."
+        )
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise DeconflowError("Cannot normalise an empty volume or one with NaN/Inf values.")
     smooth = ndimage.gaussian_filter(arr, _SMOOTH_SIGMA, mode="nearest")

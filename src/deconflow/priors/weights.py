@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from deconflow._device import resolve_precision
+from deconflow._device import resolve_device, resolve_precision
 from deconflow._errors import DeconflowError
 from deconflow.priors.flow import FlowPrior
 from deconflow.priors.network import NetworkConfig, VelocityUNet
@@ -85,7 +85,8 @@ def load_prior(
     path : str or path-like, optional
         Weights written by :func:`save_prior` or ``deconflow train``.
     device : torch.device or str
-        Where to put the network.
+        Where to put the network: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or
+        ``"auto"`` (CUDA when available).
     precision : {"float32", "auto", "bfloat16"}
         Arithmetic of the network (:func:`~deconflow._device.resolve_precision`):
         ``"auto"`` uses bfloat16 where the GPU or CPU runs it natively (on this project's
@@ -99,9 +100,11 @@ def load_prior(
     Raises
     ------
     DeconflowError
-        If the file is missing, truncated/corrupt, not a deconflow prior, or its weights do
+        If the device is unknown or absent (CUDA asked for without a GPU), or the file is
+        missing, truncated/corrupt, not a deconflow prior, or its weights do
         not fit the architecture it declares or hold NaN/Inf values.
     """
+    device = resolve_device(device)
     path = default_weights_path() if path is None else Path(path)
     if not path.is_file():
         raise DeconflowError(
@@ -164,7 +167,6 @@ def load_prior(
             f"{path} has a model card of type {type(card).__name__}, not a mapping (an edited "
             "or corrupt file); re-copy it or retrain with 'deconflow train'."
         )
-    device = torch.device(device)
     dtype = resolve_precision(precision, device)
     if dtype == torch.bfloat16 and device.type == "cpu":
         # oneDNN's fast layout; torch's stubs omit Module.to's memory_format keyword
