@@ -96,90 +96,52 @@ def test_small_memory_budget_tiles_automatically(stack):
     assert result.image.shape == image.shape
 
 
-def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monkeypatch):
-    image, psf = stack
+def _raise_in_solver(monkeypatch, error: BaseException, *, calls: int | None = None) -> None:
+    """Make the classical block solver raise ``error`` on its first ``calls`` calls (all: None)."""
     import deconflow.pipeline as pipeline
 
     real = pipeline.classical_block_solver
-    calls = {"n": 0}
+    made = {"n": 0}
 
-    def flaky_factory(*args, **kwargs):
+    def failing_factory(*args, **kwargs):
         solve = real(*args, **kwargs)
 
-        def flaky(block, index, tile, tiles):
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise torch.cuda.OutOfMemoryError("simulated")
+        def failing(block, index, tile, tiles):
+            made["n"] += 1
+            if calls is None or made["n"] <= calls:
+                raise error
             return (yield from solve(block, index, tile, tiles))
 
-        return flaky
+        return failing
 
-    monkeypatch.setattr(pipeline, "classical_block_solver", flaky_factory)
-    result = run_to_result(
-        deconflow.iter_deconvolve(
-            image, psf, DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(2))
-        )
-    )
-    assert any("retried" in note for note in result.notes)
-    assert result.image.shape == image.shape
-
-    def always_factory(*args, **kwargs):
-        def always(block, index, tile, tiles):
-            raise torch.cuda.OutOfMemoryError("simulated")
-            yield  # pragma: no cover - makes this a generator
-
-        return always
-
-    monkeypatch.setattr(pipeline, "classical_block_solver", always_factory)
-    with pytest.raises(DeconflowError, match="Out of cpu memory"):
-        run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
+    monkeypatch.setattr(pipeline, "classical_block_solver", failing_factory)
 
 
 @pytest.mark.parametrize(
     "error",
     [
+        torch.cuda.OutOfMemoryError("simulated"),
+        # on the CPU torch's allocator raises a plain RuntimeError and numpy a MemoryError
         RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"),
         MemoryError("Unable to allocate 128. TiB"),
     ],
 )
-def test_host_out_of_memory_also_retries_with_smaller_tiles(stack, monkeypatch, error):
-    # on the CPU torch's allocator raises a plain RuntimeError and numpy a MemoryError
+def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monkeypatch, error):
     image, psf = stack
-    import deconflow.pipeline as pipeline
-
-    real = pipeline.classical_block_solver
-    calls = {"n": 0}
-
-    def flaky_factory(*args, **kwargs):
-        solve = real(*args, **kwargs)
-
-        def flaky(block, index, tile, tiles):
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise error
-            return (yield from solve(block, index, tile, tiles))
-
-        return flaky
-
-    monkeypatch.setattr(pipeline, "classical_block_solver", flaky_factory)
+    _raise_in_solver(monkeypatch, error, calls=1)
     settings = DeconvolutionSettings(device="cpu", rl=deconflow.solvers.RichardsonLucy(2))
     result = run_to_result(deconflow.iter_deconvolve(image, psf, settings))
-    assert any("ran out of cpu memory" in note for note in result.notes)
+    assert any("ran out of cpu memory" in note and "retried" in note for note in result.notes)
     assert result.image.shape == image.shape
+
+    _raise_in_solver(monkeypatch, error)
+    with pytest.raises(DeconflowError, match=r"Out of cpu memory.*fewer batch workers"):
+        run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(stack, monkeypatch):
     image, psf = stack
-    import deconflow.pipeline as pipeline
-
-    def broken_factory(*args, **kwargs):
-        def broken(block, index, tile, tiles):
-            raise RuntimeError("shape mismatch")
-            yield  # pragma: no cover - makes this a generator
-
-        return broken
-
-    monkeypatch.setattr(pipeline, "classical_block_solver", broken_factory)
+    _raise_in_solver(monkeypatch, RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
 
