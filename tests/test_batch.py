@@ -337,3 +337,43 @@ def test_quiet_prints_one_line_per_failed_file(tmp_path, psf_file, capsys):
     lines = captured.err.splitlines()
     assert len(lines) == 1 and "c_garbage.tif" in lines[0] and "Could not read" in lines[0], lines
     assert (out / "deconflow-batch.log").read_text().count("ERROR failed") == 1
+
+
+def test_glob_keeps_sub_folders_so_same_names_do_not_collide(tmp_path, psf_file, monkeypatch):
+    # acquisition software names every position or day's stack alike: day1/cell.tif,
+    # day2/cell.tif; docs/batch.md: "'**' recurses" and sub-folders are kept under --out
+    for day, seed in (("day1", 0), ("day2", 1)):
+        (tmp_path / "data" / day).mkdir(parents=True)
+        write_imagej(tmp_path / "data" / day / "cell.tif", stack((8, 32, 32), seed), "ZYX")
+    write_imagej(tmp_path / "data" / "top.tif", stack((8, 32, 32), 2), "ZYX")
+    monkeypatch.chdir(tmp_path)  # a relative glob, as typed in a shell
+    args = ["batch", "data/**/*.tif", "--psf", str(psf_file), "-o", "out", "--iterations", "1"]
+    assert main([*args, "-q"]) == 0
+    out = tmp_path / "out"
+    for day in ("day1", "day2"):
+        record = json.loads((out / day / "cell_deconvolved.json").read_text())
+        assert record["input"]["path"] == str(tmp_path / "data" / day / "cell.tif")
+        assert read_ome_description(out / day / "cell_deconvolved.ome.tif") == record
+    assert (out / "top_deconvolved.ome.tif").is_file()  # the glob's own folder: no sub-folder
+    # a re-run finds every output where it wrote it
+    assert main([*args, "-q"]) == 0
+    log = (out / "deconflow-batch.log").read_text()
+    assert log.count("INFO skipped") == 3 and log.count("INFO done") == 3
+
+
+def test_rerun_replaces_a_stale_record_left_by_an_interrupted_overwrite(tmp_path, psf_file):
+    source = write_imagej(tmp_path / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    out = tmp_path / "out"
+    args = ["batch", str(source), "--psf", str(psf_file), "-o", str(out), "--iterations", "1"]
+    assert main([*args, "-q"]) == 0
+    output, record = out / "a_deconvolved.ome.tif", out / "a_deconvolved.json"
+    old_record = record.read_text()
+    assert main([*args, "--method", "wiener", "--overwrite", "-q"]) == 0
+    # kill -9 between the TIFF's rename and the record's: the new TIFF beside the old record
+    record.write_text(old_record)
+    stamp = output.stat().st_mtime_ns
+    assert main([*args, "--method", "wiener", "-q"]) == 0
+    assert output.stat().st_mtime_ns == stamp  # skipped, not redone
+    # the record describes the TIFF beside it, not the rl run it replaced
+    assert json.loads(record.read_text()) == read_ome_description(output)
+    assert json.loads(record.read_text())["method"] == "wiener"

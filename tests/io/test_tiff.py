@@ -164,3 +164,40 @@ def test_uncalibrated_imagej_files_have_no_voxel_size(tmp_path, shape):
     # a calibration without a unit is still read (as µm)
     tifffile.imwrite(tmp_path / "c.tif", data, imagej=True, resolution=(10.0, 10.0))
     np.testing.assert_allclose(read_tiff(tmp_path / "c.tif").voxel_size_um[-2:], (0.1, 0.1))
+
+
+@pytest.mark.parametrize("voxel", [(0.3, 0.0, 0.1), (0.3, -0.1, -0.1), (0.3, float("nan"), 0.1)])
+def test_writers_refuse_voxel_sizes_that_are_not_positive(tmp_path, voxel):
+    # before: ZeroDivisionError / struct.error from tifffile, or a file silently written
+    # with a calibration that reads back as "no voxel size"
+    data = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(DeconflowError, match="positive micrometres"):
+        write_tiff(tmp_path / "a.tif", data, voxel_size_um=voxel)
+    with pytest.raises(DeconflowError, match="positive micrometres"):
+        write_ome_tiff(tmp_path / "a.ome.tif", data, axes="ZYX", voxel_size_um=voxel)
+    assert not list(tmp_path.iterdir())
+
+
+def test_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    # a power cut after an unsynced rename can leave an empty file under the final name
+    import os
+
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    dest = tmp_path / "out.tif"
+    with atomic_destination(dest) as tmp:
+        tmp.write_bytes(b"result")
+    inode = dest.stat().st_ino  # the rename keeps the temporary file's inode
+    assert events == [("fsync", inode), ("replace", inode)]
+    assert dest.read_bytes() == b"result"

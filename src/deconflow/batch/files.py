@@ -39,13 +39,26 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _glob_root(pattern: str) -> Path:
+    """Return the folder a glob starts from: its leading components without wildcards."""
+    literal: list[str] = []
+    for part in Path(pattern).parts:
+        if any(char in part for char in "*?["):
+            break
+        literal.append(part)
+    return Path(*literal)
+
+
 def expand_inputs(
     inputs: Sequence[str], out_dir: Path, exclude: Sequence[Path] = ()
 ) -> list[tuple[Path, Path]]:
     """Turn files, folders and globs into ``(input, output)`` pairs, sorted by input.
 
     Folders contribute their ``*.tif``/``*.tiff`` files (not recursively; use a
-    ``**`` glob for that) and keep their sub-paths under ``out_dir``. Anything
+    ``**`` glob for that). A glob's matches keep their sub-folders below the
+    glob's first wildcard under ``out_dir`` (``data/**/*.tif`` writes
+    ``data/day1/cell.tif`` as ``out_dir/day1/cell_deconvolved.ome.tif``), so
+    files of the same name in different folders do not collide. Anything
     inside ``out_dir`` and the ``exclude`` files (the PSFs) are left out, so a
     re-run never treats earlier outputs or beads as inputs.
 
@@ -66,13 +79,21 @@ def expand_inputs(
         elif path.is_file():
             found = [(path.resolve(), Path())]
         else:
-            matches = sorted(glob.glob(os.path.expanduser(entry), recursive=True))
+            pattern = os.path.expanduser(entry)
+            matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 raise DeconflowError(
                     f"{entry!r} is not a file or folder and matches no files; check the path "
                     "(quote globs so that deconflow expands them, e.g. 'data/*.tif')."
                 )
-            found = [(Path(m).resolve(), Path()) for m in matches if Path(m).is_file()]
+            # glob's matches start with the pattern's literal folder, so the rest of each
+            # match's folder is the sub-path to keep (day1/cell.tif and day2/cell.tif)
+            root = _glob_root(pattern)
+            found = [
+                (Path(m).resolve(), Path(m).parent.relative_to(root))
+                for m in matches
+                if Path(m).is_file()
+            ]
         for source, sub in found:
             if not _is_tiff(source) or source in skip or source.is_relative_to(out_dir):
                 continue
@@ -89,8 +110,9 @@ def expand_inputs(
     if clashes:
         names = "; ".join(" and ".join(str(s) for s in group) for group in clashes[:3])
         raise DeconflowError(
-            f"Inputs with the same name would write the same output: {names}. Give their "
-            "folder instead (sub-folders are kept), or run them with different --out folders."
+            f"Inputs with the same name would write the same output: {names}. Give a "
+            "quoted glob of their common folder instead (its sub-folders are kept under --out, "
+            "e.g. 'data/**/*.tif'), or run them with different --out folders."
         )
     return sorted(pairs.items())
 

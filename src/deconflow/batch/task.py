@@ -137,6 +137,15 @@ def _write_record(output: Path, provenance: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
 
 
+def _record_key(output: Path) -> object:
+    """Return the ``resume_key`` of the JSON record beside ``output``; ``None`` if unreadable."""
+    try:
+        record = json.loads(record_for(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("resume_key") if isinstance(record, dict) else None
+
+
 def _deconvolve(
     job: FileJob,
     key: str,
@@ -276,7 +285,9 @@ def process_file(
         key = resume_key(job, input_sha256, psf_sha256)
         existing = read_ome_description(output)
         if existing is not None and existing.get("resume_key") == key:
-            if not record_for(output).is_file():
+            # a kill between the TIFF's and the record's rename of an --overwrite run
+            # leaves no record or the replaced output's: the TIFF's embedded one is right
+            if _record_key(output) != key:
                 _write_record(output, existing)
             return FileOutcome(
                 job.source,

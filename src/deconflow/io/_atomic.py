@@ -17,6 +17,8 @@ def atomic_destination(dest: str | os.PathLike[str]) -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``dest`` is untouched,
     so a crash or Ctrl-C never leaves a half-written file under the final name.
+    The data is flushed to disk before the rename, so a power cut cannot leave
+    the final name pointing at an empty or partly written file either.
     The temporary name keeps ``dest``'s suffix so that writers which pick a
     format from it still work.
     """
@@ -29,6 +31,10 @@ def atomic_destination(dest: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # without this the rename can reach the disk before the data (ext4, XFS): after a
+        # power cut the final name would hold an empty or partly written file
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
         # mkstemp makes the file private (0600); give it the permissions a plain open() would
         umask = os.umask(0)
         os.umask(umask)

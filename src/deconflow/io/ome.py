@@ -13,6 +13,7 @@ import tifffile
 
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
+from deconflow._validate import check_voxel_size
 from deconflow.io._atomic import atomic_destination
 
 __all__ = ["read_ome_description", "write_ome_tiff"]
@@ -56,7 +57,8 @@ def write_ome_tiff(
     Raises
     ------
     DeconflowError
-        When ``axes`` does not fit ``data`` or OME-TIFF.
+        When ``axes`` does not fit ``data`` or OME-TIFF, or ``voxel_size_um``
+        does not fit ``axes`` or is not positive.
     """
     axes = axes.upper()
     if len(axes) != data.ndim or set(axes) - _OME_AXES or not axes.endswith("YX"):
@@ -73,6 +75,8 @@ def write_ome_tiff(
                 f"voxel_size_um {tuple(voxel_size_um)} does not match the spatial axes "
                 f"{''.join(spatial)}; give one size per spatial axis."
             )
+        # OME requires positive sizes; anything else would read back as no voxel size
+        check_voxel_size(voxel_size_um, len(spatial), "voxel_size_um")
         for axis, size in zip(spatial, voxel_size_um, strict=True):
             metadata[f"PhysicalSize{axis}"] = float(size)
             metadata[f"PhysicalSize{axis}Unit"] = "µm"

@@ -14,6 +14,7 @@ import tifffile
 
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
+from deconflow._validate import check_voxel_size
 from deconflow.io._atomic import atomic_destination
 
 __all__ = ["TiffImage", "read_tiff", "write_tiff"]
@@ -190,7 +191,7 @@ def write_tiff(
     ------
     DeconflowError
         When ``data`` is not 2D or 3D real numbers, or ``voxel_size_um`` does
-        not fit it.
+        not fit it or is not positive.
     """
     dest = Path(path)
     data = np.asarray(data)
@@ -208,6 +209,10 @@ def write_tiff(
             f"voxel_size_um {tuple(voxel_size_um)} does not fit a {data.ndim}D array; give "
             "(z, y, x) or (y, x) in micrometres."
         )
+    if voxel_size_um is not None:
+        # a zero, negative or NaN size fails deep inside tifffile or is stored as an
+        # unreadable calibration, and the file silently reads back without a voxel size
+        check_voxel_size(voxel_size_um, len(voxel_size_um), "voxel_size_um")
     data = _imagej_dtype(data)
     ij_meta: dict[str, Any] = {"axes": "ZYX" if data.ndim == 3 else "YX"}
     resolution = None
