@@ -201,3 +201,63 @@ def test_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
     inode = dest.stat().st_ino  # the rename keeps the temporary file's inode
     assert events == [("fsync", inode), ("replace", inode)]
     assert dest.read_bytes() == b"result"
+
+
+def _ome_file_with(path, z_size: str) -> None:
+    """Write an OME-TIFF whose z size reads ``z_size``, as another program might write it."""
+    data = np.zeros((4, 5, 6), np.uint16)
+    meta = {"axes": "ZYX", "PhysicalSizeZ": 0.3, "PhysicalSizeY": 0.1, "PhysicalSizeX": 0.1}
+    tifffile.imwrite(path, data, ome=True, metadata=meta)
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata.replace('PhysicalSizeZ="0.3"', z_size)
+    tifffile.imwrite(path, data, description=xml, metadata=None)
+
+
+@pytest.mark.parametrize(
+    ("z_size", "expected"),
+    [
+        ('PhysicalSizeZ="0,3"', (0.3, 0.1, 0.1)),  # a decimal comma from some locales
+        ('PhysicalSizeZ="3000" PhysicalSizeZUnit="&#197;"', (0.3, 0.1, 0.1)),
+        ('PhysicalSizeZ="0.03" PhysicalSizeZUnit="cm"', (300.0, 0.1, 0.1)),
+        ('PhysicalSizeZ="n/a"', None),  # unreadable: no voxel size, the data still read
+    ],
+)
+def test_ome_sizes_in_other_spellings(tmp_path, z_size, expected):
+    path = tmp_path / "other.ome.tif"
+    _ome_file_with(path, z_size)
+    image = read_tiff(path)
+    assert image.data.shape == (4, 5, 6)
+    if expected is None:
+        assert image.voxel_size_um is None
+    else:
+        np.testing.assert_allclose(image.voxel_size_um, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("unit", "factor"), [("micrometres", 1.0), ("cm", 1e4), ("nanometers", 1e-3)]
+)
+def test_imagej_units_in_other_spellings(tmp_path, unit, factor):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 5, 6), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": unit},
+    )
+    np.testing.assert_allclose(
+        read_tiff(path).voxel_size_um, (2.0 * factor, 0.5 * factor, 0.5 * factor)
+    )
+
+
+def test_running_out_of_memory_is_not_called_a_damaged_file(tmp_path, monkeypatch):
+    path = tmp_path / "big.tif"
+    write_tiff(path, np.zeros((2, 4, 4), np.float32))
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 64. GiB")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_memory)
+    with pytest.raises(DeconflowError, match="Not enough memory") as info:
+        read_tiff(path)
+    assert "complete" not in str(info.value)

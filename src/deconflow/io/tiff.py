@@ -19,18 +19,26 @@ from deconflow.io._atomic import atomic_destination
 
 __all__ = ["TiffImage", "read_tiff", "write_tiff"]
 
+# OME's length units a microscope writes, and ImageJ's free-text spellings of them
+# (singular and plural, -er and -re); anything else reads as "no voxel size"
 _UNIT_TO_UM = {
     "um": 1.0,
     "µm": 1.0,
     "μm": 1.0,
     "micron": 1.0,
     "microns": 1.0,
-    "micrometer": 1.0,
+    **{f"micromet{end}": 1.0 for end in ("er", "ers", "re", "res")},
     "nm": 1e-3,
-    "nanometer": 1e-3,
+    **{f"nanomet{end}": 1e-3 for end in ("er", "ers", "re", "res")},
+    "pm": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
     "mm": 1e3,
-    "millimeter": 1e3,
+    **{f"millimet{end}": 1e3 for end in ("er", "ers", "re", "res")},
+    "cm": 1e4,
+    **{f"centimet{end}": 1e4 for end in ("er", "ers", "re", "res")},
     "m": 1e6,
+    **{f"met{end}": 1e6 for end in ("er", "ers", "re", "res")},
 }
 
 
@@ -61,6 +69,14 @@ def _unit_scale(unit: object) -> float:
     return _UNIT_TO_UM.get(text, float("nan"))
 
 
+def _number(text: str) -> float:
+    """Read a metadata number; a decimal comma (``"0,3"``, some locales) counts as a point."""
+    try:
+        return float(text.strip().replace(",", "."))
+    except ValueError:  # an unreadable size is a missing one, not an unreadable file
+        return float("nan")
+
+
 def _ome_voxel_size(ome_xml: str) -> tuple[float | None, float | None, float | None]:
     root = ET.fromstring(ome_xml)
     for element in root.iter():
@@ -69,7 +85,7 @@ def _ome_voxel_size(ome_xml: str) -> tuple[float | None, float | None, float | N
             for axis in ("Z", "Y", "X"):
                 value = element.get(f"PhysicalSize{axis}")
                 unit = element.get(f"PhysicalSize{axis}Unit", "µm")
-                sizes.append(None if value is None else float(value) * _unit_scale(unit))
+                sizes.append(None if value is None else _number(value) * _unit_scale(unit))
             return sizes[0], sizes[1], sizes[2]
     return None, None, None
 
@@ -123,7 +139,7 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 scale = _unit_scale(meta.get("unit", "um")) if meta else 1.0
                 # a file's first page is always a full page, never a frame sharing tags
                 y, x = _resolution_um(cast(tifffile.TiffPage, tif.pages[0]), scale)
-                z = float(meta["spacing"]) * scale if "spacing" in meta else None
+                z = _number(str(meta["spacing"])) * scale if "spacing" in meta else None
                 if not meta:
                     # plain TIFF: resolution tags in inches or cm say nothing about the sample
                     y = x = None
@@ -131,6 +147,11 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                     # ImageJ's "uncalibrated": 1 pixel per unit and no unit (what tifffile
                     # writes without a resolution), not a 1 µm pixel
                     y = x = None
+    except MemoryError as exc:
+        raise DeconflowError(
+            f"Not enough memory to read {p} ({exc}). Close other programs, or crop or split "
+            "the stack (e.g. by channel or time point) before deconvolving it."
+        ) from exc
     except Exception as exc:  # a damaged file can fail anywhere inside tifffile
         raise DeconflowError(f"Could not read {p} as TIFF ({exc}); is the file complete?") from exc
     spatial = sum(1 for a in axes if a in "ZYX")
