@@ -208,3 +208,30 @@ def test_a_3d_psf_for_a_2d_image_is_named_as_the_problem(tmp_path, capsys):
     assert code == 2
     assert "confocal_bead.tif is 3D" in err and "2 spatial axes" in err, err
     assert "voxel_size_um" not in err
+
+
+def test_iterations_for_a_method_without_them_is_a_bad_input_error(tmp_path, capsys):
+    args = ["run", str(SAMPLE_DATA / "confocal_grid.tif"), "--psf"]
+    args += [str(SAMPLE_DATA / "confocal_bead.tif"), "-o", str(tmp_path / "o.tif")]
+    # was exit 1, "unexpected error: TypeError: FlowDeconvolution.__init__() got an ..."
+    assert main([*args, "--method", "flow", "--iterations", "3", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--iterations does not apply to method 'flow'" in err and "steps" in err, err
+    assert "TypeError" not in err and not (tmp_path / "o.tif").exists()
+
+
+def test_the_progress_bar_follows_a_step_count_that_changes(monkeypatch, capsys):
+    from deconflow.batch import task
+
+    def retried_with_tiles(job, progress, status):
+        progress(5, 20)  # one tile of 20 steps, out of memory at step 5
+        progress(80, 160)  # retried with 8 tiles of 20 steps
+        progress(160, 160)
+        return task.FileOutcome(job.source, job.output, "done", 0.1, "cpu")
+
+    monkeypatch.setattr(task, "process_file", retried_with_tiles)
+    job = types.SimpleNamespace(source="in.tif", output="out.tif")
+    assert cli._run_one(job, quiet=False).status == "done"
+    err = capsys.readouterr().err
+    # was "0/20" then "160it": past its total the bar dropped the percentage
+    assert "160/160" in err and "100%" in err, err

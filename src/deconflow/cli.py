@@ -52,7 +52,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="flow, rl, rl-tv or wiener (default: the settings' method); overrides --config",
     )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--iterations", type=int, default=None, help="solver iterations")
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="solver iterations (rl, rl-tv, wiener)"
+    )
     parser.add_argument(
         "--background", default=None, help="background in the image's units, or 'auto'"
     )
@@ -106,6 +108,9 @@ def _run_one(job: Any, quiet: bool) -> Any:
         nonlocal bar
         if bar is None:  # no bar at all when the file fails before solving
             bar = tqdm(total=total, desc="deconvolving", unit="it", file=sys.stderr, disable=quiet)
+        if bar.total != total:  # an out-of-memory retry re-plans the tiles: more steps
+            bar.total = total
+            bar.refresh()
         bar.update(done - bar.n)
 
     def status(message: str) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
 from magicgui.widgets import FileEdit, FloatSpinBox, LineEdit, SpinBox
 
 import deconflow
-from deconflow._napari import _fields, _widget
+from deconflow._napari import _fields, _jobs, _widget
 from deconflow._napari._fields import MethodOptions, method_section
 from deconflow.config import METHODS, DeconvolutionSettings
 from deconflow.io import write_tiff
@@ -166,6 +167,33 @@ def test_cancel_stops_within_a_step_and_leaves_the_viewer_unchanged(
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
+def test_cancel_after_the_last_step_ends_cancelled_not_cancelling(
+    qtbot, wait_idle, viewer_widget, simulated, monkeypatch
+):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)
+    _fast(widget, "rl")
+    names = [layer.name for layer in viewer.layers]
+    assembling, release = threading.Event(), threading.Event()
+
+    def slow_to_finish(job):
+        outcome = yield from _jobs.run_events(job)
+        assembling.set()  # every step done; the result is being put together
+        release.wait(10)
+        return outcome
+
+    monkeypatch.setattr(_widget, "run_events", slow_to_finish)
+    widget.run()
+    qtbot.waitUntil(assembling.is_set, timeout=20_000)
+    widget.cancel_button.clicked.emit()
+    release.set()
+    wait_idle(widget)
+    # superqt emits neither "aborted" nor "returned" here: the status stayed "cancelling…"
+    assert widget.status.value == "cancelled"
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
 def test_nan_psf_shows_an_error_notification_without_crashing(
     wait_idle, viewer_widget, simulated, errors
 ):
@@ -274,6 +302,13 @@ def test_settings_round_trip_through_the_form(viewer_widget):
     assert isinstance(widget.method_options["wiener"]["regularization"], LineEdit)
 
 
+def test_a_small_background_of_a_float_image_survives_the_form(viewer_widget):
+    _, widget = viewer_widget
+    settings = DeconvolutionSettings(background=0.0042)  # images scaled to 0..1
+    widget.set_settings(settings)
+    assert widget.settings().background == pytest.approx(0.0042)  # was 0.0 (2 decimals)
+
+
 def test_every_setting_a_yaml_file_can_hold_survives_the_form(viewer_widget):
     """Options with a non-None default can be set to None, shared options are in the form."""
     _, widget = viewer_widget
@@ -346,6 +381,48 @@ def test_psf_voxel_size_follows_the_psf_source(viewer_widget, simulated, tmp_pat
     assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
     widget.psf_source.value = "file"
     assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04), rel=1e-4)
+
+
+def test_a_psf_file_without_voxel_size_is_taken_at_the_image_voxel_size(
+    viewer_widget, simulated, tmp_path
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    viewer.add_image(psf, name="bead psf", scale=(0.1, 0.04, 0.04))  # another PSF's layer
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04))
+    path = write_tiff(tmp_path / "bead.tif", psf)  # no voxel size in the file
+    widget.psf_source.value = "file"
+    widget.psf_file.value = path
+    # was the layer's (0.1, 0.04, 0.04): the file's PSF was resampled as if it had those
+    # voxels, where the CLI takes a file without voxel size at the image's
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+    assert widget.settings().psf_voxel_size_um == pytest.approx(SCALE)
+
+
+def test_a_typed_psf_voxel_size_survives_layers_being_added_or_removed(
+    wait_idle, viewer_widget, simulated, tmp_path
+):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)  # the PSF layer's scale is SCALE
+    typed = (0.3, 0.05, 0.05)  # e.g. a PSF opened from a file without voxel metadata
+    widget.psf_voxel.set(typed)
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)  # the result layer is inserted: the pickers refresh
+    viewer.add_image(np.zeros((4, 4)), name="another")
+    viewer.layers.remove("another")
+    # was reset to the PSF layer's scale, so the next run resampled the PSF wrongly
+    assert widget.psf_voxel.get(3) == pytest.approx(typed)
+    assert widget.settings().psf_voxel_size_um == pytest.approx(typed)
+    loaded = DeconvolutionSettings(voxel_size_um=SCALE, psf_voxel_size_um=(0.25, 0.04, 0.04))
+    widget.set_settings(loaded)  # e.g. from a YAML file
+    viewer.add_image(np.zeros((4, 4)), name="another")
+    assert widget.settings().psf_voxel_size_um == pytest.approx((0.25, 0.04, 0.04))
+    # choosing another PSF still takes that PSF's voxel size
+    other = viewer.add_image(simulated[2], name="other psf", scale=(0.1, 0.04, 0.04))
+    widget.psf_layer.value = other
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04))
 
 
 def test_flow_on_a_multichannel_layer_gives_its_std_layer(wait_idle, viewer_widget, simulated):

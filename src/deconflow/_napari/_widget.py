@@ -127,6 +127,10 @@ class DeconvolutionWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self.worker: GeneratorWorker | None = None
+        # the PSF (layer or file path) whose voxel size the form last took: refreshing the
+        # pickers (any layer added or removed) re-emits the current choice, and that must not
+        # overwrite a PSF voxel size the user typed or loaded with set_settings
+        self._psf_voxel_source: object = None
         self.image = ComboBox(label="Image", choices=lambda _: _image_layers(viewer))
         self.axes = LineEdit(label="Axes", tooltip="e.g. ZYX, CZYX, TCZYX")
         self.voxel = _VoxelEdit("Voxel zyx µm")
@@ -149,6 +153,8 @@ class DeconvolutionWidget(Container):
         self.show_advanced = CheckBox(text="Advanced options", value=False)
         self.background_auto = CheckBox(label="Estimate background", value=True)
         self.background = FloatSpinBox(label="Background", value=0.0, min=0.0, max=1e9)
+        # Qt's default 2 decimals would turn a float image's background of 0.004 into 0
+        self.background.native.setDecimals(6)
         self.prepare_psf = CheckBox(label="Prepare PSF (bead)", value=True)
         self.common_options = Options(DeconvolutionSettings, tuple(_COMMON))
         for name, tooltip in _COMMON.items():
@@ -220,7 +226,8 @@ class DeconvolutionWidget(Container):
         self.voxel.set(tuple(layer.scale[-spatial:]))
 
     def _on_psf_layer(self, layer: Image | None) -> None:
-        if layer is not None:
+        if layer is not None and layer is not self._psf_voxel_source:
+            self._psf_voxel_source = layer
             self.psf_voxel.set(tuple(layer.scale[-min(layer.ndim, 3) :]))
 
     def _on_psf_source(self) -> None:
@@ -233,13 +240,17 @@ class DeconvolutionWidget(Container):
     def _on_psf_file(self, path: Any) -> None:
         if not str(path) or not str(path).lower().endswith((".tif", ".tiff")):
             return
+        if str(path) == self._psf_voxel_source:
+            return
         try:
             psf = read_tiff(str(path))
         except (OSError, ValueError) as exc:
             show_error(f"deconflow: cannot read the PSF file: {exc}")
             return
-        if psf.voxel_size_um is not None:
-            self.psf_voxel.set(psf.voxel_size_um)
+        self._psf_voxel_source = str(path)
+        # a file without voxel metadata is taken at the image's voxel size, as the CLI does;
+        # keeping the sizes shown (the defaults or another PSF's) would resample it wrongly
+        self.psf_voxel.set(psf.voxel_size_um or self.voxel.get(3))
 
     # -- settings -----------------------------------------------------------
     def _spatial_ndim(self) -> int:
@@ -414,6 +425,7 @@ class DeconvolutionWidget(Container):
             self._fail(result.error)
             return
         layer = show_result(self._viewer, job, result)
+        self.cancel_button.enabled = False  # the result is in: nothing is left to cancel
         self.progress.value = self.progress.max
         self.status.value = f"done in {result.elapsed_s:.1f} s → {layer.name}"
 
@@ -424,5 +436,9 @@ class DeconvolutionWidget(Container):
         show_error(f"deconflow: {text}")
 
     def _on_finished(self) -> None:
+        if self.status.value == "cancelling…":
+            # cancelled after the last step: the worker drops the result but emits no
+            # "aborted" either, as it only checks for a cancel before each step
+            self.status.value = "cancelled"
         self.worker = None
         self._set_running(False)

@@ -92,7 +92,16 @@ def build_settings(
     settings = dataclasses.replace(base, **changes)
     if iterations is not None:
         section = METHODS[settings.method]
-        solver = dataclasses.replace(getattr(settings, section), iterations=iterations)
+        current = getattr(settings, section)
+        # flow counts sampler steps, not iterations: dataclasses.replace would raise a raw
+        # TypeError that reaches the user as an "unexpected error"
+        if "iterations" not in {f.name for f in dataclasses.fields(current)}:
+            raise DeconflowError(
+                f"--iterations does not apply to method {settings.method!r}; set its options "
+                f"(e.g. {section}.steps) in a --config file "
+                "(deconflow batch --write-config prints one)."
+            )
+        solver = dataclasses.replace(current, iterations=iterations)
         settings = dataclasses.replace(settings, **{section: solver})
     return settings
 
