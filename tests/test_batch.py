@@ -377,3 +377,23 @@ def test_rerun_replaces_a_stale_record_left_by_an_interrupted_overwrite(tmp_path
     # the record describes the TIFF beside it, not the rl run it replaced
     assert json.loads(record.read_text()) == read_ome_description(output)
     assert json.loads(record.read_text())["method"] == "wiener"
+
+
+def test_a_given_psf_voxel_size_without_the_images_is_refused_not_dropped():
+    from deconflow import DeconflowError
+    from deconflow.batch.settings import resolve_voxel_sizes
+
+    base = DeconvolutionSettings()
+    # the PSF file's own metadata: the PSF is taken at the image's (unknown) grid
+    quiet = resolve_voxel_sizes(base, flag=None, psf_flag=None, from_image=None, from_psf=PSF_VOXEL)
+    assert quiet.voxel_size_um is None and quiet.psf_voxel_size_um is None
+    # a size the user typed must not vanish silently
+    with pytest.raises(DeconflowError, match="--voxel-size too"):
+        resolve_voxel_sizes(base, flag=None, psf_flag=PSF_VOXEL, from_image=None, from_psf=None)
+    with_config = DeconvolutionSettings(psf_voxel_size_um=PSF_VOXEL)
+    with pytest.raises(DeconflowError, match="image's voxel size is unknown"):
+        resolve_voxel_sizes(with_config, flag=None, psf_flag=None, from_image=None, from_psf=None)
+    both = resolve_voxel_sizes(
+        base, flag=VOXEL, psf_flag=(0.2, 0.05, 0.05), from_image=None, from_psf=PSF_VOXEL
+    )
+    assert both.voxel_size_um == VOXEL and both.psf_voxel_size_um == (0.2, 0.05, 0.05)

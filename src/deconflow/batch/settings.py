@@ -116,12 +116,25 @@ def resolve_voxel_sizes(
 ) -> DeconvolutionSettings:
     """Settle the voxel sizes for one file: flag, else settings file, else file metadata.
 
-    A PSF voxel size without an image voxel size is dropped (the PSF cannot be
-    resampled to an unknown grid), matching the library's rule.
+    A PSF voxel size read from the PSF file is dropped when the image has none (the PSF
+    is then taken at the image's grid); one the user gave is refused in that case, as
+    the library refuses it, rather than silently ignored.
+
+    Raises
+    ------
+    DeconflowError
+        If the user gave a PSF voxel size but the image's is unknown.
     """
     voxel = flag or settings.voxel_size_um or from_image
-    psf_voxel = psf_flag or settings.psf_voxel_size_um or from_psf
+    given_psf_voxel = psf_flag or settings.psf_voxel_size_um
+    psf_voxel = given_psf_voxel or from_psf
     if voxel is None:
+        if given_psf_voxel is not None:
+            raise DeconflowError(
+                "A PSF voxel size was given (--psf-voxel-size or psf_voxel_size_um) but the "
+                "image's voxel size is unknown (its file records none); give --voxel-size too "
+                "so that the PSF can be resampled to it."
+            )
         psf_voxel = None
     return dataclasses.replace(
         settings,
