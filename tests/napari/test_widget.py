@@ -243,6 +243,70 @@ def test_preview_runs_on_a_region_around_the_current_slice(wait_idle, viewer_wid
     np.testing.assert_allclose(layer.data, expected, rtol=1e-4, atol=1e-4 * expected.max())
 
 
+def test_results_overlay_a_rotated_sheared_input_full_and_preview(
+    wait_idle, viewer_widget, simulated
+):
+    # a deskewed light-sheet stack is shown sheared, a tilted sample rotated: the result and
+    # its preview must land on the input's voxels, not on an unrotated box beside them
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    small = measured[:8, :32, :32]
+    stack = np.stack([small, 2 * small])  # CZYX; the channel axis is dropped by a preview
+    angle = np.deg2rad(30.0)
+    rotate = np.eye(4)
+    rotate[2:, 2:] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    extra = np.eye(5)
+    extra[1:4, 4] = (5.0, -3.0, 2.0)
+    raw = viewer.add_image(
+        stack,
+        name="tilted",
+        scale=(1.0, *SCALE),
+        translate=(0.0, *TRANSLATE),
+        rotate=rotate,
+        shear=[0, 0, 0, 0, 0.4, 0],  # y shears along z (upper triangle, row-major)
+        affine=extra,
+    )
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    widget.image.value = raw
+    widget.psf_layer.value = viewer.layers["bead psf"]
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    full = viewer.layers["tilted deconvolved (rl)"]
+    for point in [(0, 0, 0, 0), (1, 7, 31, 5), (0, 3, 10, 20)]:
+        np.testing.assert_allclose(full.data_to_world(point), raw.data_to_world(point))
+
+    widget.show_advanced.value = True
+    widget.preview_planes.value = 4
+    widget.preview_size.value = 16
+    viewer.dims.set_point(1, float(raw.data_to_world((0, 4, 16, 16))[1]))
+    widget.run(preview=True)
+    wait_idle(widget)
+    preview = viewer.layers["tilted preview (rl)"]
+    assert preview.data.shape == (4, 16, 16)
+    start = _crop_offset(preview, raw)  # whole voxels of the input, or the placement is off
+    for local in [(0, 0, 0), (3, 15, 15), (2, 5, 9)]:
+        np.testing.assert_allclose(
+            preview.data_to_world(local)[-3:],
+            raw.data_to_world((0, *np.add(start, local)))[-3:],
+            atol=1e-9,
+        )
+    z, y, x = start  # and that is the crop it shows (channel 0, the dims' current one)
+    expected = deconflow.deconvolve(
+        stack[0, z : z + 4, y : y + 16, x : x + 16], psf, voxel_size=SCALE, iterations=2
+    )
+    np.testing.assert_allclose(preview.data, expected, rtol=1e-4, atol=1e-4 * expected.max())
+
+
+def _crop_offset(preview, raw) -> tuple[int, ...]:
+    """The input voxel under the preview's first voxel (the crop is whole voxels)."""
+    world = preview.data_to_world((0, 0, 0))
+    data = raw.world_to_data((0.0, *world))[-3:]
+    offset = tuple(int(np.rint(v)) for v in data)
+    np.testing.assert_allclose(data, offset, atol=1e-6)
+    return offset
+
+
 def test_multichannel_runs_per_channel_with_progress_over_all(wait_idle, viewer_widget, simulated):
     viewer, widget = viewer_widget
     measured, _, psf = simulated

@@ -25,6 +25,7 @@ from deconflow.pipeline import Progress, Result, iter_deconvolve
 __all__ = [
     "Failure",
     "Job",
+    "Placement",
     "axes_for_ndim",
     "contrast_limits",
     "crop_around",
@@ -40,6 +41,71 @@ _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
 def axes_for_ndim(ndim: int) -> str:
     """Default axis letters of an ``ndim``-dimensional image layer."""
     return _DEFAULT_AXES.get(ndim, "")
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """Where a layer's voxels sit in the world: napari's scale, translate, rotate, shear, affine.
+
+    napari maps a data point ``p`` to ``affine(translate + rotate @ shear @ diag(scale) @ p)``;
+    an output that copies all five overlays its input, a rotated or deskewed
+    (sheared) light-sheet stack included.
+    """
+
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    rotate: np.ndarray
+    shear: np.ndarray  # the full upper-triangular matrix
+    affine: np.ndarray  # homogeneous, (ndim + 1) x (ndim + 1)
+
+    @classmethod
+    def of_layer(
+        cls, layer: Image, first_axis: int = 0, offset: Sequence[int] | None = None
+    ) -> Placement:
+        """Placement of ``layer``'s axes from ``first_axis`` on, for a crop starting at ``offset``.
+
+        The axes before ``first_axis`` (time, channel) are dropped; a transform that mixes
+        them with the spatial axes cannot be kept and is cut off.
+        """
+        ndim = layer.ndim
+        keep = slice(first_axis, ndim)
+        scale = np.asarray(layer.scale, dtype=float)
+        rotate = np.asarray(layer.rotate, dtype=float)
+        shear = np.eye(ndim)
+        shear[np.triu_indices(ndim, 1)] = np.asarray(layer.shear, dtype=float)
+        translate = np.asarray(layer.translate, dtype=float)
+        if offset is not None:
+            # the crop's first voxel, mapped through the layer's linear part
+            linear = rotate @ shear @ np.diag(scale)
+            translate[keep] += linear[keep, keep] @ np.asarray(offset, dtype=float)
+        homogeneous = [*range(first_axis, ndim), ndim]
+        return cls(
+            scale=tuple(float(v) for v in scale[keep]),
+            translate=tuple(float(v) for v in translate[keep]),
+            rotate=rotate[keep, keep],
+            shear=shear[keep, keep],
+            affine=np.asarray(layer.affine.affine_matrix, dtype=float)[
+                np.ix_(homogeneous, homogeneous)
+            ],
+        )
+
+    def apply_to(self, layer: Image) -> None:
+        """Place ``layer`` here (its ndim must match)."""
+        layer.scale = self.scale
+        layer.translate = self.translate
+        layer.rotate = self.rotate
+        layer.shear = self.shear
+        layer.affine = self.affine
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``viewer.add_image``."""
+        return {
+            "scale": self.scale,
+            "translate": self.translate,
+            "rotate": self.rotate,
+            "shear": self.shear,
+            "affine": self.affine,
+        }
 
 
 @dataclass(frozen=True)
@@ -61,7 +127,7 @@ class Job:
         Validated settings.
     source : str
         Name of the input layer.
-    scale, translate : tuple of float
+    placement : Placement
         World placement of ``image`` (the input layer's, shifted for a crop).
     preview : bool
         Whether this is a preview of a region.
@@ -76,8 +142,7 @@ class Job:
     psf_path: str | None
     settings: DeconvolutionSettings
     source: str
-    scale: tuple[float, ...]
-    translate: tuple[float, ...]
+    placement: Placement
     preview: bool = False
     psf_channel: int | None = None
 
@@ -223,8 +288,7 @@ def _put_layer(
     if isinstance(old, Image) and old.ndim == data.ndim:
         layer = old
         # placement first: a new shape under the old scale would flash misplaced
-        layer.scale = job.scale
-        layer.translate = job.translate
+        job.placement.apply_to(layer)
         layer.data = data
         layer.metadata = metadata
         layer.contrast_limits = limits
@@ -234,8 +298,7 @@ def _put_layer(
     return viewer.add_image(
         data,
         name=name,
-        scale=job.scale,
-        translate=job.translate,
+        **job.placement.as_kwargs(),
         metadata=metadata,
         contrast_limits=limits,
         colormap="gray",

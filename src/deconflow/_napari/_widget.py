@@ -40,6 +40,7 @@ from deconflow._napari._fields import MethodOptions, Options, method_label
 from deconflow._napari._jobs import (
     Failure,
     Job,
+    Placement,
     axes_for_ndim,
     crop_around,
     run_events,
@@ -318,10 +319,9 @@ class DeconvolutionWidget(Container):
             raise DeconflowError("Choose a PSF layer (or load the PSF from a file).")
         else:
             psf = self.psf_layer.value.data
-        scale = tuple(float(s) for s in layer.scale)
-        translate = tuple(float(t) for t in layer.translate)
         if not preview:
-            return Job(layer.data, axes, psf, path, settings, layer.name, scale, translate)
+            placement = Placement.of_layer(layer)
+            return Job(layer.data, axes, psf, path, settings, layer.name, placement)
         # preview: the current T/C index and a small box around the view's centre
         centre = self._view_centre(layer)
         shape = layer.data.shape
@@ -340,10 +340,7 @@ class DeconvolutionWidget(Container):
             psf_path=path,
             settings=settings,
             source=layer.name,
-            scale=scale[n:],
-            translate=tuple(
-                t + o * s for t, o, s in zip(translate[n:], offset, scale[n:], strict=True)
-            ),
+            placement=Placement.of_layer(layer, n, offset),
             preview=True,
             psf_channel=channel,
         )
