@@ -4,6 +4,7 @@ import pytest
 import deconflow
 from deconflow import DeconflowError, DeconvolutionSettings, Progress
 from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack, split_axes
+from deconflow.pipeline import run_to_result
 from tests.conftest import gaussian_psf
 
 
@@ -75,3 +76,16 @@ def test_a_psf_voxel_size_without_the_image_voxel_size_is_refused(tczyx):
     settings = DeconvolutionSettings(device="cpu", psf_voxel_size_um=(0.1, 0.05, 0.05))
     with pytest.raises(DeconflowError, match="psf_voxel_size was given without voxel_size"):
         list(iter_deconvolve_hyperstack(tczyx[0], psf, settings, axes="CZYX"))
+
+
+def test_the_result_records_the_voxel_sizes_that_applied_as_a_single_stack_does(tczyx):
+    psf = gaussian_psf((5, 7, 7), (1, 1, 1))
+    settings = DeconvolutionSettings(
+        device="cpu", rl=deconflow.solvers.RichardsonLucy(1), voxel_size_um=[0.3, 0.1, 0.1]
+    )
+    stacked = list(iter_deconvolve_hyperstack(tczyx[0, :1], psf, settings, axes="CZYX"))[-1]
+    single = run_to_result(deconflow.iter_deconvolve(tczyx[0, 0], psf, settings))
+    assert stacked.settings.voxel_size_um == single.settings.voxel_size_um == (0.3, 0.1, 0.1)
+    # no PSF voxel size given: the PSF was taken at the image's, and the record says so
+    assert stacked.settings.psf_voxel_size_um == single.settings.psf_voxel_size_um
+    assert stacked.settings.psf_voxel_size_um == (0.3, 0.1, 0.1)

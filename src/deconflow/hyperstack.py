@@ -66,7 +66,8 @@ class HyperstackResult:
     axes : str
         Axis letters of ``image``.
     settings : DeconvolutionSettings
-        Settings used.
+        Settings used, with the voxel sizes that applied (the PSF's is the image's when
+        none was given).
     psfs : tuple of PreparedPSF
         The prepared PSF of each channel (one entry when all share one).
     backgrounds : tuple of float
@@ -185,7 +186,10 @@ def iter_deconvolve_hyperstack(
     yield HyperstackResult(
         image=out,
         axes=leading + spatial,
-        settings=settings,
+        # the voxel sizes that applied, checked and filled in, as a single stack's Result has
+        settings=dataclasses.replace(
+            settings, voxel_size_um=image_voxel, psf_voxel_size_um=psf_voxel
+        ),
         psfs=tuple(prepared),
         backgrounds=tuple(backgrounds),
         device=device,
