@@ -397,3 +397,24 @@ def test_a_given_psf_voxel_size_without_the_images_is_refused_not_dropped():
         base, flag=VOXEL, psf_flag=(0.2, 0.05, 0.05), from_image=None, from_psf=PSF_VOXEL
     )
     assert both.voxel_size_um == VOXEL and both.psf_voxel_size_um == (0.2, 0.05, 0.05)
+
+
+def test_a_second_batch_into_the_same_folder_is_refused_while_the_first_runs(
+    tmp_path, psf_file, capsys
+):
+    # each run removes the partial files it finds: two at once would delete each other's
+    import fcntl
+
+    source = write_imagej(tmp_path / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    out = tmp_path / "out"
+    args = ["batch", str(source), "--psf", str(psf_file), "-o", str(out), "--iterations", "1"]
+    out.mkdir()
+    with open(out / "deconflow-batch.log", "a") as running:  # what the first batch holds
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*args, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "Another deconflow batch is writing to" in err and "--out" in err
+        assert not (out / "a_deconvolved.ome.tif").exists()
+    # the lock goes with its holder (a killed run included): the folder is free again
+    assert main([*args, "-q"]) == 0
+    assert (out / "a_deconvolved.ome.tif").is_file()

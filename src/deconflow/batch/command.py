@@ -96,7 +96,13 @@ def run_batch_command(args: argparse.Namespace) -> int:
     """Run ``deconflow batch`` with parsed arguments; returns the exit status."""
     from deconflow._version import __version__
     from deconflow.batch.files import expand_inputs, remove_partials
-    from deconflow.batch.runner import close_log, format_summary, open_log, run_jobs
+    from deconflow.batch.runner import (
+        close_log,
+        format_summary,
+        lock_output_folder,
+        open_log,
+        run_jobs,
+    )
     from deconflow.batch.settings import commented_yaml, settings_from_args
     from deconflow.batch.task import FileJob
     from deconflow.cli import check_voxel_argument
@@ -123,25 +129,26 @@ def run_batch_command(args: argparse.Namespace) -> int:
         )
         for source, output in pairs
     ]
-    logger = open_log(out_dir, args.verbose, args.quiet)
-    try:
-        logger.info("deconflow %s: %s", __version__, shlex.join(sys.argv))
-        logger.info("%d files -> %s; PSF %s", len(jobs), out_dir, ", ".join(psfs))
-        logger.debug("settings:\n%s", settings.to_yaml())
-        for leftover in remove_partials([Path(job.output) for job in jobs]):
-            logger.info("removed %s left by an interrupted run", leftover)
-        outcomes = run_jobs(
-            jobs,
-            logger=logger,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            quiet=args.quiet,
-            verbose=args.verbose,
-        )
-        summary = format_summary(outcomes)
-        logger.debug("summary:\n%s", summary)
-    finally:
-        close_log(logger)
+    with lock_output_folder(out_dir):
+        logger = open_log(out_dir, args.verbose, args.quiet)
+        try:
+            logger.info("deconflow %s: %s", __version__, shlex.join(sys.argv))
+            logger.info("%d files -> %s; PSF %s", len(jobs), out_dir, ", ".join(psfs))
+            logger.debug("settings:\n%s", settings.to_yaml())
+            for leftover in remove_partials([Path(job.output) for job in jobs]):
+                logger.info("removed %s left by an interrupted run", leftover)
+            outcomes = run_jobs(
+                jobs,
+                logger=logger,
+                workers=args.workers,
+                scheduler=args.scheduler,
+                quiet=args.quiet,
+                verbose=args.verbose,
+            )
+            summary = format_summary(outcomes)
+            logger.debug("summary:\n%s", summary)
+        finally:
+            close_log(logger)
     failed = [o for o in outcomes if o.status == "failed"]
     if not args.quiet:
         print(summary)

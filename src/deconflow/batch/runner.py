@@ -12,13 +12,15 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from deconflow._errors import DeconflowError
 from deconflow.batch.task import (
     PROGRESS_TOPIC,
     FileJob,
@@ -27,7 +29,7 @@ from deconflow.batch.task import (
     process_file_on_worker,
 )
 
-__all__ = ["LOG_NAME", "format_summary", "open_log", "run_jobs"]
+__all__ = ["LOG_NAME", "format_summary", "lock_output_folder", "open_log", "run_jobs"]
 
 LOG_NAME = "deconflow-batch.log"
 _POLL_S = 0.1
@@ -38,6 +40,45 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         tqdm.write(self.format(record), file=sys.stderr)
+
+
+@contextmanager
+def lock_output_folder(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for one batch: a second batch writing there at the same time is refused.
+
+    Each run removes the temporary files an interrupted run left (``remove_partials``),
+    so two runs into one folder would delete each other's half-written outputs. The
+    lock is an advisory ``flock`` on the batch's log file, which the system drops when
+    the process ends, ``kill -9`` included: a killed run never blocks its own resume.
+    Where there is no ``flock`` (Windows, file systems without locks) one batch per
+    folder is up to the user.
+
+    Raises
+    ------
+    DeconflowError
+        If another process holds the folder.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:  # held; a file system without locks raises others
+            raise DeconflowError(
+                f"Another deconflow batch is writing to {out_dir} (it holds {LOG_NAME} "
+                "there). Wait for it to finish, or give this run another --out folder."
+            ) from exc
+        except OSError:  # no locks on this file system: run unlocked, as before
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def open_log(out_dir: Path, verbose: bool, quiet: bool) -> logging.Logger:
