@@ -64,6 +64,7 @@ def lock_output_folder(out_dir: Path) -> Iterator[None]:
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
+    # closing the file (the end of the run, or the process's death) releases the lock
     with open(out_dir / LOG_NAME, "a", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,12 +74,8 @@ def lock_output_folder(out_dir: Path) -> Iterator[None]:
                 "there). Wait for it to finish, or give this run another --out folder."
             ) from exc
         except OSError:  # no locks on this file system: run unlocked, as before
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            pass
+        yield
 
 
 def open_log(out_dir: Path, verbose: bool, quiet: bool) -> logging.Logger:

@@ -19,26 +19,26 @@ from deconflow.io._atomic import atomic_destination
 
 __all__ = ["TiffImage", "read_tiff", "write_tiff"]
 
-# OME's length units a microscope writes, and ImageJ's free-text spellings of them
-# (singular and plural, -er and -re); anything else reads as "no voxel size"
+# OME's length units a microscope writes, and ImageJ's free-text names of them; plurals
+# and the -re spellings are folded onto these by _unit_scale. Anything else reads as "no
+# voxel size"
 _UNIT_TO_UM = {
     "um": 1.0,
     "µm": 1.0,
     "μm": 1.0,
     "micron": 1.0,
-    "microns": 1.0,
-    **{f"micromet{end}": 1.0 for end in ("er", "ers", "re", "res")},
+    "micrometer": 1.0,
     "nm": 1e-3,
-    **{f"nanomet{end}": 1e-3 for end in ("er", "ers", "re", "res")},
+    "nanometer": 1e-3,
     "pm": 1e-6,
     "å": 1e-4,
     "angstrom": 1e-4,
     "mm": 1e3,
-    **{f"millimet{end}": 1e3 for end in ("er", "ers", "re", "res")},
+    "millimeter": 1e3,
     "cm": 1e4,
-    **{f"centimet{end}": 1e4 for end in ("er", "ers", "re", "res")},
+    "centimeter": 1e4,
     "m": 1e6,
-    **{f"met{end}": 1e6 for end in ("er", "ers", "re", "res")},
+    "meter": 1e6,
 }
 
 
@@ -66,6 +66,9 @@ def _unit_scale(unit: object) -> float:
     text = str(unit or "um").strip().lower().replace("\\u00b5", "µ")
     if text in ("", "pixel", "pixels", "none"):
         return float("nan")
+    text = text.replace("metre", "meter")  # micrometre(s), nanometre(s), ...
+    if text not in _UNIT_TO_UM and text.endswith("s"):  # microns, nanometers, ...
+        text = text[:-1]
     return _UNIT_TO_UM.get(text, float("nan"))
 
 
