@@ -250,6 +250,22 @@ def test_rerun_restores_a_lost_record_and_removes_leftovers(tmp_path, psf_file):
     assert json.loads(record.read_text())["method"] == "wiener"
 
 
+def test_outputs_named_near_the_length_limit_are_written_and_their_leftovers_found(tmp_path):
+    from deconflow.batch.files import remove_partials
+    from deconflow.io._atomic import atomic_destination
+
+    # 240 bytes: the old temporary name (".<stem>.XXXXXXXX.partial.tif") was 258
+    output = tmp_path / ("é" * 110 + "_deconvolved.ome.tif")
+    with atomic_destination(output) as tmp:
+        assert len(tmp.name.encode()) <= 255
+        tmp.write_bytes(b"done")
+        os.link(tmp, tmp_path / "stash")
+    assert output.read_bytes() == b"done"
+    # what kill -9 inside the write leaves: the next run must find and remove it
+    (tmp_path / "stash").rename(tmp)
+    assert remove_partials([output]) == [tmp] and not tmp.exists() and output.is_file()
+
+
 def test_bad_files_are_reported_and_the_others_still_run(tmp_path, psf_file):
     data_dir = tmp_path / "data"
     data_dir.mkdir()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deconflow._errors import DeconflowError
+from deconflow.io._atomic import partial_prefix
 
 __all__ = [
     "OUTPUT_SUFFIX",
@@ -148,8 +149,8 @@ def remove_partials(outputs: Sequence[Path]) -> list[Path]:
         if not output.parent.is_dir():
             continue
         # the output's and its record's temporary names both start with ".<record stem>."
-        stem = glob.escape(record_for(output).stem)
-        for leftover in output.parent.glob(f".{stem}.*{PARTIAL_MARK}*"):
+        prefix = glob.escape(partial_prefix(record_for(output).stem))
+        for leftover in output.parent.glob(f"{prefix}*{PARTIAL_MARK}*"):
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed

@@ -8,7 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_destination"]
+__all__ = ["atomic_destination", "partial_prefix"]
+
+#: Bytes of the final name's stem kept in a temporary name. With the dot, the random part
+#: (8), ".partial" and the suffix, the temporary name then stays within the 255 bytes a
+#: file name may have, even where the final name is itself near that limit.
+_STEM_BYTES = 200
+
+
+def partial_prefix(stem: str) -> str:
+    """Start of the temporary names of files with this stem: ``.<stem, at most 200 bytes>.``."""
+    kept = stem.encode("utf-8")[:_STEM_BYTES].decode("utf-8", errors="ignore")
+    return f".{kept}."
 
 
 @contextmanager
@@ -25,7 +36,7 @@ def atomic_destination(dest: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(dest)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=final.parent
+        prefix=partial_prefix(final.stem), suffix=f".partial{final.suffix}", dir=final.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)
