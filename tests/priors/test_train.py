@@ -11,11 +11,11 @@ import torch
 
 from deconflow import DeconflowError
 from deconflow.io import write_tiff
-from deconflow.priors import load_prior
+from deconflow.priors import cfm_loss, estimate_loss, load_prior
 from deconflow.priors._cli import main, register
 from deconflow.priors._loader import BatchStream
-from deconflow.priors.data import FolderSource, GeneratorSource
-from deconflow.priors.train import TrainConfig, train_prior
+from deconflow.priors.data import Batch, EstimatePairs, FolderSource, GeneratorSource
+from deconflow.priors.train import TrainConfig, _batch_loss, train_prior
 
 
 def _tiny_config(tmp_path, **kw) -> TrainConfig:
@@ -163,6 +163,8 @@ def test_cli_registers_train_and_runs(tmp_path):
             "float32",
             "--t-min",
             "0.5",
+            "--estimate-pairs",
+            "0.5",
             "-q",
         ]
     )
@@ -170,13 +172,41 @@ def test_cli_registers_train_and_runs(tmp_path):
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["command"].startswith("python -m deconflow.priors._cli train --out")
     assert card["training"]["precision"] == "float32" and card["autocast"] == "off (float32)"
-    assert card["training"]["t_min"] == 0.5
+    assert card["training"]["t_min"] == 0.5 and card["training"]["estimate_pairs"] == 0.5
+    assert "estimate pairs" in card["data"]
 
 
 @pytest.mark.parametrize("t_min", [-0.1, 1.0])
 def test_t_min_outside_zero_to_one_is_refused(tmp_path, t_min):
     with pytest.raises(DeconflowError, match="t_min must be in"):
         _tiny_config(tmp_path, t_min=t_min)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [({"estimate_pairs": -0.1}, "share in"), ({"estimate_pairs": 1.1}, "share in")],
+)
+def test_estimate_pair_share_outside_zero_to_one_is_refused(tmp_path, settings, match):
+    with pytest.raises(DeconflowError, match=match):
+        _tiny_config(tmp_path, **settings)
+
+
+def test_estimate_pairs_with_a_data_folder_are_refused(tmp_path):
+    with pytest.raises(DeconflowError, match="drop --estimate-pairs"):
+        _tiny_config(tmp_path, estimate_pairs=0.5, data=tmp_path)
+
+
+def test_batch_loss_weights_flow_items_and_pairs_by_their_counts(tiny_net):
+    x1, truth, estimate = (torch.rand(n, 1, 4, 16, 16) for n in (1, 3, 3))
+    batch = Batch(x1, torch.tensor([2.0]), EstimatePairs(truth, estimate, torch.full((3,), 2.0)))
+    loss = _batch_loss(tiny_net, batch, torch.device("cpu"), torch.Generator().manual_seed(4), 0.0)
+    gen = torch.Generator().manual_seed(4)  # the flow items draw first, then the pairs
+    flow = cfm_loss(tiny_net, x1, torch.tensor([2.0]), gen)
+    pairs = estimate_loss(tiny_net, truth, estimate, torch.full((3,), 2.0), gen)
+    torch.testing.assert_close(loss, (flow + 3 * pairs) / 4)
+    only_pairs = Batch(x1[:0], torch.zeros(0), batch.pairs)
+    alone = _batch_loss(tiny_net, only_pairs, torch.device("cpu"), torch.Generator(), 0.0)
+    assert torch.isfinite(alone)
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):
@@ -197,9 +227,12 @@ def test_batches_depend_on_the_step_not_on_the_workers():
     assert not torch.equal(here[0].x1, here[2].x1)
 
 
-def test_training_with_workers_equals_training_without(tmp_path):
-    alone = train_prior(_tiny_config(tmp_path / "a"), progress=False)
-    pooled = train_prior(_tiny_config(tmp_path / "b", workers=1), progress=False)
+@pytest.mark.parametrize("pairs", [0.0, 0.5])
+def test_training_with_workers_equals_training_without(tmp_path, pairs):
+    alone = train_prior(_tiny_config(tmp_path / "a", estimate_pairs=pairs), progress=False)
+    pooled = train_prior(
+        _tiny_config(tmp_path / "b", workers=1, estimate_pairs=pairs), progress=False
+    )
     a, b = load_prior(alone).network.state_dict(), load_prior(pooled).network.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -4,7 +4,7 @@ The time convention (t = 0 noise, t = 1 data) is stated once, in :mod:`deconflow
 the intensity normalisation once, in :mod:`deconflow.priors.normalization`.
 """
 
-from deconflow.priors.flow import FlowPrior, cfm_loss, interpolate
+from deconflow.priors.flow import FlowPrior, cfm_loss, estimate_loss, interpolate
 from deconflow.priors.generator import STRUCTURES, generate_volume, render_structure
 from deconflow.priors.network import NetworkConfig, VelocityUNet, flops_per_voxel
 from deconflow.priors.normalization import Normalization, fit_normalization
@@ -18,6 +18,7 @@ __all__ = [
     "VelocityUNet",
     "cfm_loss",
     "default_weights_path",
+    "estimate_loss",
     "fit_normalization",
     "flops_per_voxel",
     "generate_volume",

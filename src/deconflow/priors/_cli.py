@@ -37,6 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_minutes=args.max_minutes,
         t_min=args.t_min,
+        estimate_pairs=args.estimate_pairs,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         # the main CLI does not set command_line: record how it was called
@@ -117,6 +118,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="draw flow times from [T_MIN, 1) (0 = all; a sampler fine-tune: its t_start)",
+    )
+    p.add_argument(
+        "--estimate-pairs",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of each 3D batch that trains the denoiser on re-noised Richardson-Lucy "
+        "estimates of blurred generated volumes, the samplers' own inputs (0 = none)",
     )
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument(

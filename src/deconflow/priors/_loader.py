@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from deconflow.priors.data import Batch
+from deconflow.priors.data import Batch, EstimatePairs
 
 __all__ = ["BatchSource", "BatchStream", "is_plane_step", "step_rng"]
 
@@ -27,11 +27,16 @@ class BatchSource(Protocol):
     """What the stream needs of a data source.
 
     :class:`~deconflow.priors.data.GeneratorSource` and
-    :class:`~deconflow.priors.data.FolderSource` are two.
+    :class:`~deconflow.priors.data.FolderSource` are two, and
+    :class:`~deconflow.solvers.estimate_pairs.EstimatePairSource` (batches with pairs).
     """
 
     def sample(self, batch: int, rng: np.random.Generator, plane: bool = False) -> Batch:
         """Draw ``batch`` items (2D planes when ``plane``)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the model card."""
         ...
 
 
@@ -45,12 +50,31 @@ def is_plane_step(step: int, plane_every: int) -> bool:
     return plane_every > 0 and step % plane_every == plane_every - 1
 
 
-def _draw(
-    source: BatchSource, batch: int, plane_every: int, seed: int, step: int
-) -> tuple[np.ndarray, np.ndarray]:
+#: A batch as numpy arrays (what crosses from a worker): x1, aspect and, when the source
+#: draws estimate pairs, their truth, estimate and aspect.
+_Arrays = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]
+
+
+def _draw(source: BatchSource, batch: int, plane_every: int, seed: int, step: int) -> _Arrays:
     plane = is_plane_step(step, plane_every)
     drawn = source.sample(batch * (4 if plane else 1), step_rng(seed, step), plane=plane)
-    return drawn.x1.numpy(), drawn.aspect.numpy()
+    pairs = drawn.pairs
+    return (
+        drawn.x1.numpy(),
+        drawn.aspect.numpy(),
+        None
+        if pairs is None
+        else (pairs.truth.numpy(), pairs.estimate.numpy(), pairs.aspect.numpy()),
+    )
+
+
+def _to_batch(arrays: _Arrays) -> Batch:
+    x1, aspect, pairs = arrays
+    return Batch(
+        torch.from_numpy(x1),
+        torch.from_numpy(aspect),
+        None if pairs is None else EstimatePairs(*(torch.from_numpy(a) for a in pairs)),
+    )
 
 
 # Set once in each worker process by the pool's initializer (a worker's own state; the
@@ -63,9 +87,7 @@ def _init_worker(source: BatchSource) -> None:
     _WORKER_SOURCE[:] = [source]
 
 
-def _draw_in_worker(
-    batch: int, plane_every: int, seed: int, step: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _draw_in_worker(batch: int, plane_every: int, seed: int, step: int) -> _Arrays:
     return _draw(_WORKER_SOURCE[0], batch, plane_every, seed, step)
 
 
@@ -103,7 +125,7 @@ class BatchStream:
         self._args = (batch, plane_every, seed)
         self._next_step = start
         self._ahead = 2 * workers
-        self._pending: deque[AsyncResult[tuple[np.ndarray, np.ndarray]]] = deque()
+        self._pending: deque[AsyncResult[_Arrays]] = deque()
         self._pool: Pool | None = None
         if workers:
             # spawn, not fork: the parent may hold CUDA and OpenMP state a fork cannot copy
@@ -123,12 +145,12 @@ class BatchStream:
     def next(self) -> Batch:
         """Return the next step's batch."""
         if self._pool is None:
-            x1, aspect = _draw(self._source, *self._args, self._next_step)
+            arrays = _draw(self._source, *self._args, self._next_step)
         else:
-            x1, aspect = self._pending.popleft().get()
+            arrays = self._pending.popleft().get()
             self._fill()
         self._next_step += 1
-        return Batch(torch.from_numpy(x1), torch.from_numpy(aspect))
+        return _to_batch(arrays)
 
     def close(self) -> None:
         """Stop the workers (batches drawn ahead are dropped)."""

@@ -18,17 +18,37 @@ from deconflow._errors import DeconflowError
 from deconflow.priors.generator import generate_volume
 from deconflow.priors.normalization import fit_normalization
 
-__all__ = ["Batch", "FolderSource", "GeneratorSource", "augment_gain"]
+__all__ = ["Batch", "EstimatePairs", "FolderSource", "GeneratorSource", "augment_gain"]
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
+class EstimatePairs:
+    """Sharp volumes and first estimates of their blurred, noisy images.
+
+    Both are in the prior units of the estimate's normalisation (as inference normalises),
+    ``(P, 1, Z, Y, X)``, with the voxel aspect of each pair ``(P,)``. They train ``D_t``
+    to map a re-noised first estimate to the sharp volume
+    (:func:`~deconflow.priors.flow.estimate_loss`).
+    """
+
+    truth: torch.Tensor
+    estimate: torch.Tensor
+    aspect: torch.Tensor
+
+
+@dataclass
 class Batch:
-    """Data volumes ``x1`` (prior units, ``(B, 1, [Z,] Y, X)``) and aspects ``(B,)``."""
+    """Data volumes ``x1`` (prior units, ``(B, 1, [Z,] Y, X)``) and aspects ``(B,)``.
+
+    ``pairs`` holds the batch's estimate pairs, if its source draws any: they train
+    beside the flow-matching items ``x1``.
+    """
 
     x1: torch.Tensor
     aspect: torch.Tensor
+    pairs: EstimatePairs | None = None
 
 
 def augment_gain(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

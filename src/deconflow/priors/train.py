@@ -20,9 +20,9 @@ import torch
 from deconflow._device import check_precision, resolve_device, resolve_precision
 from deconflow._errors import DeconflowError
 from deconflow._version import __version__
-from deconflow.priors._loader import BatchStream
-from deconflow.priors.data import FolderSource, GeneratorSource
-from deconflow.priors.flow import cfm_loss
+from deconflow.priors._loader import BatchSource, BatchStream
+from deconflow.priors.data import Batch, FolderSource, GeneratorSource
+from deconflow.priors.flow import cfm_loss, estimate_loss
 from deconflow.priors.network import NetworkConfig, VelocityUNet, flops_per_voxel
 from deconflow.priors.normalization import __doc__ as _NORM_DOC
 from deconflow.priors.weights import load_prior, save_prior
@@ -111,6 +111,7 @@ class TrainConfig:
     workers: int = 0
     max_minutes: float | None = None
     t_min: float = 0.0
+    estimate_pairs: float = 0.0
     checkpoint_every: int = 50
     resume: bool = False
     command: str = ""
@@ -126,6 +127,15 @@ class TrainConfig:
             raise DeconflowError(f"patch must be three positive sizes (z, y, x), got {self.patch}")
         if not 0.0 <= self.t_min < 1.0:
             raise DeconflowError(f"t_min must be in [0, 1), got {self.t_min}.")
+        if not 0.0 <= self.estimate_pairs <= 1.0:
+            raise DeconflowError(
+                f"estimate_pairs must be a share in [0, 1], got {self.estimate_pairs}."
+            )
+        if self.estimate_pairs and self.data is not None:
+            raise DeconflowError(
+                "Estimate pairs are drawn from the built-in generator, whose voxel sizes "
+                "set the PSF; drop --estimate-pairs to train on a data folder."
+            )
         check_precision(self.precision)
 
 
@@ -214,6 +224,38 @@ def _make_network(config: TrainConfig) -> tuple[VelocityUNet, dict[str, object] 
     return network, None
 
 
+def _make_source(config: TrainConfig) -> BatchSource:
+    if config.data is not None:
+        return FolderSource(config.data, config.patch, config.voxel_size_um)
+    if config.estimate_pairs:
+        # pairs need Richardson–Lucy, which sits above the priors: imported only here
+        from deconflow.solvers.estimate_pairs import EstimatePairSource
+
+        return EstimatePairSource(config.patch, config.estimate_pairs)
+    return GeneratorSource(config.patch)
+
+
+def _batch_loss(
+    net: VelocityUNet,
+    batch: Batch,
+    device: torch.device,
+    gen: torch.Generator,
+    t_min: float,
+) -> torch.Tensor:
+    """Mean over the batch's items of the flow-matching and estimate-pair losses."""
+    n_flow = batch.x1.shape[0]
+    n_pairs = 0 if batch.pairs is None else batch.pairs.truth.shape[0]
+    total = torch.zeros((), device=device)
+    if n_flow:
+        x1, aspect = batch.x1.to(device), batch.aspect.to(device)
+        total = total + n_flow * cfm_loss(net, x1, aspect, gen, t_min)
+    if batch.pairs is not None and n_pairs:
+        truth, estimate = batch.pairs.truth.to(device), batch.pairs.estimate.to(device)
+        aspect = batch.pairs.aspect.to(device)
+        total = total + n_pairs * estimate_loss(net, truth, estimate, aspect, gen)
+    return total / max(1, n_flow + n_pairs)
+
+
 def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     """Train (or fine-tune, or resume) the prior and write weights + model card.
 
@@ -236,11 +278,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    source = (
-        GeneratorSource(config.patch)
-        if config.data is None
-        else FolderSource(config.data, config.patch, config.voxel_size_um)
-    )
+    source = _make_source(config)
     net, init_card = _make_network(config)
     net = net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -290,9 +328,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, progress_now())
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = cfm_loss(
-                    net, batch.x1.to(device), batch.aspect.to(device), gen, config.t_min
-                )
+                loss = _batch_loss(net, batch, device, gen, config.t_min)
             if not torch.isfinite(loss):
                 raise DeconflowError(
                     f"The training loss is not finite at step {step + 1} (precision "
