@@ -464,6 +464,20 @@ def test_a_psf_file_without_voxel_size_is_taken_at_the_image_voxel_size(
     assert widget.settings().psf_voxel_size_um == pytest.approx(SCALE)
 
 
+def test_a_psf_layer_without_voxel_size_is_taken_at_the_image_voxel_size(viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    viewer.add_image(psf, name="bead psf")  # napari's default scale: 1 on every axis
+    # was (1, 1, 1): the PSF was resampled as if its voxels were 1 µm, about ten times
+    # too coarse, where a PSF file without voxel size is taken at the image's
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+    assert widget.settings().psf_voxel_size_um == pytest.approx(SCALE)
+    other = viewer.add_image(psf, name="other psf", scale=(0.1, 0.04, 0.04))
+    widget.psf_layer.value = other  # a layer with a voxel size keeps its own
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04))
+
+
 def test_a_typed_psf_voxel_size_survives_layers_being_added_or_removed(
     wait_idle, viewer_widget, simulated, tmp_path
 ):

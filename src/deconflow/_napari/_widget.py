@@ -229,7 +229,13 @@ class DeconvolutionWidget(Container):
     def _on_psf_layer(self, layer: Image | None) -> None:
         if layer is not None and layer is not self._psf_voxel_source:
             self._psf_voxel_source = layer
-            self.psf_voxel.set(tuple(layer.scale[-min(layer.ndim, 3) :]))
+            scale = tuple(float(v) for v in layer.scale[-min(layer.ndim, 3) :])
+            # napari gives a layer added without a voxel size a scale of 1 on every axis. No
+            # PSF is sampled at 1 µm, so such a layer is taken at the image's voxel size, as
+            # a PSF file without voxel metadata is (and as the CLI takes one)
+            if all(v == 1.0 for v in scale):
+                scale = self.voxel.get(len(scale))
+            self.psf_voxel.set(scale)
 
     def _on_psf_source(self) -> None:
         # the PSF voxel size follows the source chosen, not the one looked at last
