@@ -257,3 +257,64 @@ def test_flat_background_is_not_fitted():
     )
     prepared = prepare_psf(rng.poisson(100.0 + bead).astype(np.uint16))
     assert not any("trend" in note for note in prepared.notes)
+
+
+@pytest.mark.parametrize(
+    ("to_voxel", "shape"),
+    [((0.05, 0.05, 0.05), (16, 32, 32)), ((0.2, 0.1, 0.1), (16, 32, 32)), ((0.1, 0.2), (32, 32))],
+)
+def test_resampling_an_even_shaped_psf_keeps_its_peak_on_the_centre_voxel(to_voxel, shape):
+    # theoretical PSFs and PSFs from other tools peak at shape // 2 on an even axis too;
+    # taking (shape - 1) / 2 as the centre shifted them by half a source voxel
+    from_voxel = (0.1, 0.1, 0.1)[-len(shape) :]
+    psf = gaussian_psf(shape, (2.0,) * len(shape))
+    out = resample_psf(psf, from_voxel, to_voxel)
+    assert all(n % 2 == 1 for n in out.shape)
+    assert np.all(_centring_error(out) < 0.02)
+
+
+@pytest.mark.parametrize("n_planes", [1, 3])
+def test_bead_stack_of_few_planes_has_its_background_subtracted(n_planes):
+    # a single plane saved as (1, Y, X), or a stack of a few planes, was taken as
+    # background-free: a camera offset of 100 stayed in the PSF as a pedestal
+    rng = np.random.default_rng(9)
+    z, y, x = np.indices((n_planes, 64, 64), dtype=float)
+    bead = 3000.0 * np.exp(
+        -0.5 * (((z - n_planes // 2) / 1.5) ** 2 + ((y - 32) / 2.0) ** 2 + ((x - 32) / 2.0) ** 2)
+    )
+    prepared = prepare_psf(rng.poisson(100.0 + bead).astype(np.uint16))
+    assert abs(prepared.background - 100.0) < 2
+    psf = prepared.data.astype(np.float64)
+    centre = np.asarray(psf.shape) // 2
+    _, yy, xx = np.indices(psf.shape)
+    assert psf[np.hypot(yy - centre[1], xx - centre[2]) > 10].sum() < 0.01
+
+
+def test_off_centre_2d_bead_names_two_axes():
+    rng = np.random.default_rng(10)
+    raw = _synthetic_bead((41, 41), (30, 12), (1.5, 1.5), 2000, 50, rng)
+    with pytest.warns(DeconflowWarning, match=r"voxels \(y, x\)"):
+        prepare_psf(raw)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"voxel_size_um": (0.1, 0.1), "target_voxel_size_um": (0.2, 0.1, 0.1)}, "voxel_size_um"),
+        ({"voxel_size_um": (0.2, 0.1, 0.1), "target_voxel_size_um": (0.4, 0.1)}, "target_voxel"),
+        ({"voxel_size_um": (0.2, 0.0, 0.1), "target_voxel_size_um": (0.2, 0.1, 0.1)}, "positive"),
+        ({"voxel_size_um": (0.2, 0.1, 0.1), "target_voxel_size_um": (np.nan, 0.1, 0.1)}, "posi"),
+        ({"max_shape": (30, 30)}, "max_shape"),
+    ],
+)
+def test_voxel_sizes_and_max_shape_that_do_not_fit_the_psf_are_named(kwargs, fragment):
+    # these raised numpy's broadcast, overflow or zip errors, or said the PSF 'vanished'
+    psf = gaussian_psf((21, 31, 31), (2.0, 2.0, 2.0)) * 1e4 + 5
+    with pytest.raises(DeconflowError, match=fragment):
+        prepare_psf(psf, **kwargs)
+
+
+def test_resample_names_a_voxel_size_that_does_not_fit_the_psf():
+    psf = gaussian_psf((21, 31, 31), (2.0, 2.0, 2.0))
+    with pytest.raises(DeconflowError, match="from_voxel_um has 2 entries"):
+        resample_psf(psf, (0.1, 0.1), (0.2, 0.1, 0.1))

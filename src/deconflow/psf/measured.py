@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from deconflow._errors import DeconflowError, DeconflowWarning
 from deconflow._types import FloatArray, Shape, VoxelSize
+from deconflow._validate import check_voxel_size
 
 __all__ = [
     "PreparedPSF",
@@ -85,9 +86,13 @@ class PreparedPSF:
 
 
 def _face_mask(shape: tuple[int, ...]) -> np.ndarray:
-    """Boolean mask of the outer faces (1 voxel thick) of an array of ``shape``."""
+    """Boolean mask of the outer faces (1 voxel thick) of an array of ``shape``.
+
+    An axis thinner than 5 voxels contributes no faces: the end planes of a stack
+    of a few planes hold the bead's own light, not background.
+    """
     mask = np.ones(shape, dtype=bool)
-    mask[tuple(slice(1, -1) if n > 2 else slice(None) for n in shape)] = False
+    mask[tuple(slice(1, -1) if n >= 5 else slice(None) for n in shape)] = False
     return mask
 
 
@@ -173,8 +178,10 @@ def estimate_psf_background(stack: FloatArray) -> tuple[float, float]:
     stack : numpy.ndarray
         Raw bead stack (any real dtype).
 
-    A stack thinner than 5 voxels along any axis has no faces apart from the
-    bead: it is taken as already background-free (0, 0).
+    A stack narrower than 5 voxels along y or x has no faces apart from the
+    bead: it is taken as already background-free (0, 0). A stack of fewer than
+    5 planes (a single plane saved as ``(1, Y, X)``) is measured on the y and x
+    edges of its planes.
 
     Returns
     -------
@@ -183,7 +190,7 @@ def estimate_psf_background(stack: FloatArray) -> tuple[float, float]:
     noise_sigma : float
         Their median absolute deviation scaled to a Gaussian sigma.
     """
-    if min(np.shape(stack)) < 5:
+    if min(np.shape(stack)[-2:]) < 5:
         # too small to have faces apart from the bead: a computed or already cleaned PSF
         return 0.0, 0.0
     faces = np.asarray(_faces(np.asarray(stack, dtype=np.float64)))
@@ -349,6 +356,14 @@ def _integrate_over_pixels(source: np.ndarray, ratio: float, axis: int) -> np.nd
     return np.fft.irfft(spectrum, n=n, axis=axis)
 
 
+def _voxel_size(value: VoxelSize, ndim: int, what: str) -> VoxelSize:
+    """Check a voxel size against the PSF's axes: ``ndim`` positive micrometres."""
+    checked = check_voxel_size(value, ndim, what)
+    if checked is None:
+        raise DeconflowError(f"{what} is required: the voxel size in micrometres.")
+    return checked
+
+
 def resample_psf(
     psf: FloatArray,
     from_voxel_um: VoxelSize,
@@ -359,14 +374,22 @@ def resample_psf(
     Parameters
     ----------
     psf : numpy.ndarray
-        Centred PSF (odd shape, peak at ``shape // 2``).
+        Centred PSF, peak at ``shape // 2`` (as :func:`prepare_psf` and the
+        theoretical PSFs place it, for odd and even shapes).
     from_voxel_um, to_voxel_um : tuple of float
         Voxel sizes (z, y, x) or (y, x) in micrometres.
 
     Returns
     -------
     numpy.ndarray
-        Resampled float64 PSF, odd-sized, non-negative, sum 1.
+        Resampled float64 PSF, odd-sized, non-negative, sum 1; when the voxel
+        sizes already match, ``psf / psf.sum()`` (shape and dtype kept).
+
+    Raises
+    ------
+    DeconflowError
+        If a voxel size is not one positive number per axis of ``psf``, or the
+        PSF vanishes when resampled.
 
     Notes
     -----
@@ -379,6 +402,8 @@ def resample_psf(
     ``(r - 1) / 2`` voxels, as ``skimage.transform.resize`` uses, widened the PSF:
     resampling a 0.1 um z step to 0.3 um lowered a confocal PSF's peak by 14 %.
     """
+    from_voxel_um = _voxel_size(from_voxel_um, psf.ndim, "from_voxel_um")
+    to_voxel_um = _voxel_size(to_voxel_um, psf.ndim, "to_voxel_um")
     ratio = np.asarray(to_voxel_um, dtype=np.float64) / np.asarray(from_voxel_um, dtype=np.float64)
     if np.allclose(ratio, 1.0, rtol=1e-6, atol=0):
         return psf / psf.sum()
@@ -387,10 +412,13 @@ def resample_psf(
     for axis in lateral:
         if ratio[axis] > 1.0:
             source = _integrate_over_pixels(source, float(ratio[axis]), axis)
-    old_half = (np.asarray(source.shape) - 1) / 2.0
+    # the centre voxel is shape // 2 (padding adds as much on both sides), not
+    # (shape - 1) / 2: on an even axis that is half a voxel off the peak
+    old_centre = np.asarray(source.shape) // 2
     new_half = np.floor((np.asarray(psf.shape) - 1) / 2.0 / ratio).astype(int)
     axes = [
-        old_half[i] + (np.arange(-new_half[i], new_half[i] + 1)) * ratio[i] for i in range(psf.ndim)
+        old_centre[i] + (np.arange(-new_half[i], new_half[i] + 1)) * ratio[i]
+        for i in range(psf.ndim)
     ]
     coords = np.meshgrid(*axes, indexing="ij")
     out = ndimage.map_coordinates(source, coords, order=3, mode="constant", cval=0.0)
@@ -435,7 +463,7 @@ def prepare_psf(
     ------
     DeconflowError
         If the stack is empty, not 2D/3D, not finite, or holds no signal above
-        its background.
+        its background, or a voxel size or ``max_shape`` does not match its axes.
 
     Warns
     -----
@@ -451,6 +479,13 @@ def prepare_psf(
     if not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.floating):
         raise DeconflowError(
             f"The PSF has dtype {arr.dtype}; pass real numbers (integer or float)."
+        )
+    voxel_size_um = check_voxel_size(voxel_size_um, arr.ndim, "voxel_size_um")
+    target_voxel_size_um = check_voxel_size(target_voxel_size_um, arr.ndim, "target_voxel_size_um")
+    if max_shape is not None and (len(max_shape) != arr.ndim or any(int(m) < 1 for m in max_shape)):
+        raise DeconflowError(
+            f"max_shape {tuple(max_shape)} must hold one positive size per axis of the "
+            f"{arr.ndim}D PSF {arr.shape}; pass the image's shape."
         )
     stack = arr.astype(np.float64)
     if not np.all(np.isfinite(stack)):
@@ -497,7 +532,8 @@ def prepare_psf(
     if np.any(np.abs(offset) > 3):
         message = (
             "The bead's peak is off the stack's centre by "
-            f"{tuple(round(float(o), 1) for o in offset)} voxels (z, y, x); it was re-centred."
+            f"{tuple(round(float(o), 1) for o in offset)} voxels "
+            f"{'(z, y, x)' if arr.ndim == 3 else '(y, x)'}; it was re-centred."
         )
         notes.append(message)
         warnings.warn(message, DeconflowWarning, stacklevel=2)
