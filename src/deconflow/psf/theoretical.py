@@ -43,7 +43,7 @@ _MIN_PERIOD_LAMBDA_OVER_NA = 32.0
 # Complex samples per FFT batch: ~64 MiB in complex128, so big stacks stream
 # through memory instead of materialising every defocused field at once.
 _CHUNK_ELEMENTS = 1 << 22
-# Radius of the first Airy zero in units of λ/NA: one Airy unit is its double.
+# One Airy unit, the diameter of the Airy disk (its first zero lies at 0.61 λ/NA), in λ/NA.
 _AIRY_UNIT = 1.22
 
 
