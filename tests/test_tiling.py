@@ -7,7 +7,7 @@ import deconflow
 from deconflow import DeconflowError, DeconvolutionSettings, Progress
 from deconflow.physics import ConvolutionOperator
 from deconflow.pipeline import run_to_result
-from deconflow.tiling import blend_weight, estimate_bytes, plan_tiles
+from deconflow.tiling import blend_weight, estimate_bytes, memory_budget_bytes, plan_tiles
 from tests.conftest import gaussian_psf
 
 
@@ -124,6 +124,8 @@ def _raise_in_solver(monkeypatch, error: BaseException, *, calls: int | None = N
         # on the CPU torch's allocator raises a plain RuntimeError and numpy a MemoryError
         RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"),
         MemoryError("Unable to allocate 128. TiB"),
+        # a CUDA library's own allocation on a nearly full GPU (seen on an H200)
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
     ],
 )
 def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monkeypatch, error):
@@ -137,6 +139,33 @@ def test_out_of_memory_retries_with_smaller_tiles_then_fails_clearly(stack, monk
     _raise_in_solver(monkeypatch, error)
     with pytest.raises(DeconflowError, match=r"Out of cpu memory.*fewer batch workers"):
         run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
+
+
+def test_out_of_memory_advice_fits_the_stack_and_the_tiles_that_failed(monkeypatch):
+    """The suggested tile_shape has the image's axes and is smaller than the failed tiles."""
+    image = np.random.default_rng(0).poisson(20.0, (200, 200)).astype(np.float32)
+    psf = gaussian_psf((9, 9), (1.5, 1.5))
+    _raise_in_solver(monkeypatch, MemoryError("Unable to allocate"))
+    with pytest.raises(DeconflowError, match=r"tiles of up to \(100, 100\).*e\.g\. \(50, 50\)"):
+        run_to_result(deconflow.iter_deconvolve(image, psf, DeconvolutionSettings(device="cpu")))
+    # tiles at their smallest (4 overlaps): a smaller tile_shape cannot help, so none is advised
+    smallest = DeconvolutionSettings(device="cpu", tile_shape=(32, 32))
+    with pytest.raises(DeconflowError, match="as small as the PSF allows") as caught:
+        run_to_result(deconflow.iter_deconvolve(image, psf, smallest))
+    assert "smaller tile_shape" not in str(caught.value)
+
+
+def test_cuda_budget_counts_memory_torch_holds_cached(monkeypatch):
+    """An earlier run's cached buffers are free for this run: the same stack plans the same tiles.
+
+    Before, the driver's free memory alone set the budget, so right after an untiled run
+    an identical one was cut into hundreds of tiles (seen on an H200).
+    """
+    gb = 10**9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gb, 80 * gb))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * gb)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    assert memory_budget_bytes(torch.device("cuda")) == int(0.8 * 4 * gb)
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory(stack, monkeypatch):

@@ -123,14 +123,15 @@ def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocation failure, on the GPU or in host memory.
 
     torch's CPU allocator raises a plain ``RuntimeError`` ("DefaultCPUAllocator: can't
-    allocate memory"), numpy a ``MemoryError``; CUDA has its own type.
+    allocate memory"), numpy a ``MemoryError``; CUDA has its own type, but the CUDA
+    libraries' own allocations fail with a plain ``RuntimeError`` too ("CUDA error:
+    CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`" on a nearly full GPU).
     """
     if isinstance(error, torch.OutOfMemoryError | MemoryError):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and (
-        "DefaultCPUAllocator" in text or "can't allocate memory" in text
-    )
+    signs = ("DefaultCPUAllocator", "can't allocate memory", "ALLOC_FAILED", "out of memory")
+    return isinstance(error, RuntimeError) and any(sign in text for sign in signs)
 
 
 def run_plan(
@@ -178,9 +179,21 @@ def run_plan(
 
 def oom_message(device: torch.device, plan: TilePlan) -> str:
     """Explain that even the smallest tiles did not fit, and what to do."""
+    # a tile cannot shrink below 4 overlaps (plan_tiles): suggest half the failed tiles,
+    # with one entry per axis of this stack, or say that smaller ones are not possible
+    smaller = tuple(
+        max(t // 2, 4 * o) if t > 4 * o else t
+        for t, o in zip(plan.tile_shape, plan.overlap, strict=True)
+    )
+    shrink = (
+        f"Set a smaller tile_shape (e.g. {smaller}) or memory_budget_gb, or close other "
+        if smaller != tuple(plan.tile_shape)
+        else f"The tiles are as small as the PSF allows (4 times the overlap {plan.overlap}); "
+        "close other "
+    )
     return (
         f"Out of {device} memory even with {plan.count} tiles of up to {plan.tile_shape} voxels. "
-        "Set a smaller tile_shape (e.g. (32, 128, 128)) or memory_budget_gb, or close other "
+        + shrink
         + (
             "programs using the device, or run with device='cpu'."
             if device.type == "cuda"

@@ -55,11 +55,14 @@ def memory_budget_bytes(device: torch.device) -> int:
     """Memory a run may plan to use on ``device``.
 
     80 % of the free memory of a CUDA device; 50 % of the available system
-    memory (``MemAvailable``) on the CPU.
+    memory (``MemAvailable``) on the CPU. On CUDA, memory torch's allocator holds
+    cached but unused (an earlier run's buffers) counts as free: the driver does
+    not see it so, but this run's tensors reuse it.
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(_CUDA_SHARE * free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(_CUDA_SHARE * (free + max(cached, 0)))
     available = None
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
