@@ -62,6 +62,24 @@ def test_seed_reproduces_and_another_seed_differs(stack):
     assert not np.array_equal(first, run(4))
 
 
+def test_an_unseeded_run_differs_each_time_and_leaves_torch_global_seed_alone(stack):
+    image, psf, _ = stack
+
+    def run():
+        return deconflow.deconvolve(
+            image, psf, method="flow", background=BACKGROUND, device="cpu", seed=None, **FAST
+        )
+
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    first = run()
+    # torch.seed() re-seeded it, and loading the prior drew the network's initial weights
+    # from it: the caller's own random numbers changed
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+    assert not np.array_equal(first, run())
+
+
 def test_flow_tiled_equals_untiled_within_noise(stack):
     image, psf, _ = stack
     options = {**FAST, "samples": 1}

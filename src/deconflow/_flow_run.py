@@ -54,6 +54,15 @@ def load_flow_prior(
     return prior.for_voxel_size(voxel_size_um) if voxel_size_um is not None else prior
 
 
+def _fresh_seed() -> int:
+    """Draw a seed from the OS's entropy for a run without ``seed=``.
+
+    Not ``torch.seed()``: that re-seeds torch's global generator, which would change the
+    random numbers of the caller's own code after an unseeded run.
+    """
+    return int(np.random.default_rng().integers(2**31))
+
+
 #: Largest central window (z, y, x) the camera noise is estimated on.
 _NOISE_WINDOW = (64, 512, 512)
 
@@ -227,7 +236,7 @@ def flow_block_solver(
         object_sum = torch.zeros(operator.object_shape, device=device)
         total = settings.total_steps
         where = f" (tile {tile + 1}/{tiles})" if tiles > 1 else ""
-        base_seed = settings.seed if settings.seed is not None else int(torch.seed() % 2**31)
+        base_seed = settings.seed if settings.seed is not None else _fresh_seed()
         for first in range(0, settings.samples, samples_per_batch):
             drawn = range(first, min(first + samples_per_batch, settings.samples))
             # CPU generators: a seed draws the same noise on every device

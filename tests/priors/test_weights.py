@@ -128,3 +128,11 @@ def test_edited_or_corrupt_contents_are_named(tiny_net, tmp_path, edit, fragment
     torch.save(blob, path)
     with pytest.raises(DeconflowError, match=fragment):
         load_prior(path)
+
+
+def test_loading_leaves_torch_global_random_stream_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_prior()  # builds the network, whose initialisation draws random weights
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

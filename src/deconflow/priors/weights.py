@@ -142,7 +142,10 @@ def load_prior(
             "upgrade deconflow to load it."
         )
     try:
-        network = VelocityUNet(NetworkConfig.from_dict(blob["network"]))
+        # building the network draws its initial weights from torch's global generator;
+        # they are overwritten at once, and loading must not move the caller's random stream
+        with torch.random.fork_rng(devices=[]):
+            network = VelocityUNet(NetworkConfig.from_dict(blob["network"]))
         network.load_state_dict(blob["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
