@@ -119,6 +119,12 @@ def test_bad_input_raises_our_error_with_the_fix(description, image, psf, kwargs
     assert len(str(info.value)) > 30, "the message should say what to do, not just what failed"
 
 
+def test_uncertainty_with_a_method_names_the_flow():
+    # was a TypeError: "got multiple values for argument 'method'"
+    with pytest.raises(DeconflowError, match="always uses method='flow'"):
+        deconflow.deconvolve_with_uncertainty(IMAGE, PSF, device="cpu", method="rl")
+
+
 def test_saturated_bead_warns_and_still_runs():
     bead = np.minimum(_bead(peak=8000.0), 4095).astype(np.uint16)
     with pytest.warns(DeconflowWarning, match="saturated"):

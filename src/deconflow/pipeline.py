@@ -470,7 +470,18 @@ def deconvolve_with_uncertainty(
     -------
     UncertaintyResult
         Mean, standard deviation, optional samples and residual.
+
+    Raises
+    ------
+    DeconflowError
+        If ``method`` is given: only the flow draws posterior samples.
     """
+    if "method" in options:
+        raise DeconflowError(
+            f"deconvolve_with_uncertainty always uses method='flow' (got "
+            f"method={options['method']!r}): only the flow draws posterior samples. Drop "
+            "method=, or call deconvolve(image, psf, method=...) for a classical answer."
+        )
     settings = DeconvolutionSettings.from_options(
         "flow",
         voxel_size=voxel_size,

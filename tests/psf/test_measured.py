@@ -131,6 +131,19 @@ def test_prepare_resamples_to_image_voxel_size():
     assert any("resampled" in note for note in prepared.notes)
 
 
+def test_a_psf_that_becomes_a_point_at_the_image_voxels_warns_about_units():
+    psf = gaussian_psf((21, 31, 31), (2.0, 2.0, 2.0)) * 1e4 + 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeconflowWarning)  # a plausible pair stays silent
+        prepare_psf(psf, voxel_size_um=(0.2, 0.1, 0.1), target_voxel_size_um=(0.3, 0.1, 0.1))
+    # the image's voxel size typed in nm: the PSF shrinks to one voxel, the output is the input
+    with pytest.warns(DeconflowWarning, match="in micrometres"):
+        prepared = prepare_psf(
+            psf, voxel_size_um=(0.2, 0.1, 0.1), target_voxel_size_um=(200.0, 100.0, 100.0)
+        )
+    assert any("cannot sharpen" in note for note in prepared.notes)
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [

@@ -43,6 +43,9 @@ __all__ = [
     "resample_psf",
 ]
 
+#: A resampled PSF with more than this share of its light in one voxel is a point.
+_POINT_LIKE_SHARE = 0.8
+
 #: Integer ceilings of common camera bit depths; a flat top at one of them is clipping.
 _BIT_DEPTH_CEILINGS = tuple(2**b - 1 for b in (8, 10, 12, 14, 16))
 #: Smallest half-width (voxels) of the box in which the peak's centre of mass is measured.
@@ -556,6 +559,18 @@ def prepare_psf(
             f"resampled from voxel size {tuple(voxel_size_um)} um to "
             f"{tuple(target_voxel_size_um)} um"
         )
+        if float(psf.max()) > _POINT_LIKE_SHARE * float(psf.sum()):
+            # at the image's voxels the PSF is a point, so deconvolution cannot sharpen
+            # anything: most often voxel sizes given in nm, or the image's and the PSF's
+            # swapped, rather than an image sampled ten times coarser than its optics
+            message = (
+                f"At the image's voxel size {tuple(target_voxel_size_um)} µm the PSF (measured "
+                f"at {tuple(voxel_size_um)} µm) puts {float(psf.max() / psf.sum()):.0%} of its "
+                "light in one voxel, so deconvolution cannot sharpen the image. Check that "
+                "both voxel sizes are in micrometres (0.1, not 100 nm)."
+            )
+            notes.append(message)
+            warnings.warn(message, DeconflowWarning, stacklevel=2)
     if max_shape is not None:
         current = tuple(int(h) for h in np.asarray(psf.shape) // 2)
         limit = tuple(min(h, (m - 1) // 2) for h, m in zip(current, max_shape, strict=True))
