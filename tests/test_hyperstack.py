@@ -89,3 +89,17 @@ def test_the_result_records_the_voxel_sizes_that_applied_as_a_single_stack_does(
     # no PSF voxel size given: the PSF was taken at the image's, and the record says so
     assert stacked.settings.psf_voxel_size_um == single.settings.psf_voxel_size_um
     assert stacked.settings.psf_voxel_size_um == (0.3, 0.1, 0.1)
+
+
+def test_the_result_keeps_each_volumes_run_notes_with_its_index():
+    data = np.random.default_rng(1).poisson(20.0, (2, 12, 40, 40)).astype(np.uint16)
+    psf = gaussian_psf((5, 7, 7), (1, 1, 1))
+    settings = DeconvolutionSettings(
+        device="cpu", rl=deconflow.solvers.RichardsonLucy(1), tile_shape=(12, 20, 20)
+    )
+    stacked = list(iter_deconvolve_hyperstack(data, psf, settings, axes="TZYX"))[-1]
+    single = run_to_result(deconflow.iter_deconvolve(data[1], psf, settings))
+    assert single.notes and any("tiles" in note for note in single.notes)
+    # were dropped: a tiled or retried hyperstack kept no record of it
+    assert stacked.notes == tuple(f"T{t}: {note}" for t in (0, 1) for note in single.notes)
+    assert stacked.provenance()["run_notes"] == list(stacked.notes)

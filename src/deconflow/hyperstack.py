@@ -80,6 +80,9 @@ class HyperstackResult:
     std : numpy.ndarray or None
         Per-voxel standard deviation over the posterior samples, the shape of
         ``image`` (flow only).
+    notes : tuple of str
+        Each volume's run notes (tiling, out-of-memory retries, camera noise, the
+        first estimate, the prior's strength), prefixed with its index, e.g. ``"T3 C1: "``.
     """
 
     image: np.ndarray
@@ -90,6 +93,7 @@ class HyperstackResult:
     device: str
     elapsed_s: float
     std: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
 
     def provenance(self) -> dict[str, Any]:
         """JSON-serialisable record of how the result was made."""
@@ -103,6 +107,7 @@ class HyperstackResult:
             "elapsed_s": round(self.elapsed_s, 3),
             "psf_shapes": [list(p.data.shape) for p in self.psfs],
             "psf_notes": [list(p.notes) for p in self.psfs],
+            "run_notes": list(self.notes),
         }
 
 
@@ -164,6 +169,7 @@ def iter_deconvolve_hyperstack(
     std: np.ndarray | None = None
     indices = list(itertools.product(*(range(n) for n in lead_shape)))
     backgrounds: list[float] = []
+    notes: list[str] = []
     device = ""
     for number, index in enumerate(indices):
         channel = index[leading.index("C")] if "C" in leading else 0
@@ -182,6 +188,8 @@ def iter_deconvolve_hyperstack(
                 std = np.zeros(data.shape, dtype=np.float32)
             std[index] = result.std
         backgrounds.append(result.background)
+        label = " ".join(f"{axis}{i}" for axis, i in zip(leading, index, strict=True))
+        notes.extend(f"{label}: {note}" if label else note for note in result.notes)
         device = result.device
     yield HyperstackResult(
         image=out,
@@ -195,4 +203,5 @@ def iter_deconvolve_hyperstack(
         device=device,
         elapsed_s=time.perf_counter() - start,
         std=std,
+        notes=tuple(notes),
     )
