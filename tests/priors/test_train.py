@@ -227,6 +227,27 @@ def test_batches_depend_on_the_step_not_on_the_workers():
     assert not torch.equal(here[0].x1, here[2].x1)
 
 
+def test_estimate_pair_batches_do_not_depend_on_the_drawing_process_threads():
+    # a worker draws with one torch thread; torch's multi-threaded FFTs and sums round
+    # differently, and a pair's estimate (and the Poisson draws after it) followed them
+    from deconflow.solvers.estimate_pairs import EstimatePairSource
+
+    source = EstimatePairSource((6, 24, 24), share=1.0)
+    threads = torch.get_num_threads()
+    drawn = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with BatchStream(source, 2, plane_every=0, seed=3) as alone:
+                drawn.append(alone.next().pairs)
+            assert torch.get_num_threads() == n  # the stream leaves the caller's setting
+    finally:
+        torch.set_num_threads(threads)
+    one, two = drawn
+    assert one is not None and two is not None
+    assert torch.equal(one.truth, two.truth) and torch.equal(one.estimate, two.estimate)
+
+
 @pytest.mark.parametrize("pairs", [0.0, 0.5])
 def test_training_with_workers_equals_training_without(tmp_path, pairs):
     alone = train_prior(_tiny_config(tmp_path / "a", estimate_pairs=pairs), progress=False)

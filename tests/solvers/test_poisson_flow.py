@@ -232,6 +232,25 @@ def test_from_camera_converts_adu_to_photons():
     assert model.scale == 25.0 and model.offset == 2.0
 
 
+def test_from_camera_keeps_a_fractional_background_for_integer_adu():
+    # the background took the image's dtype: 104 ADU -> 4.25 photons was truncated to 4
+    op = ConvolutionOperator(np.ones((1, 1, 1)), (2, 3, 3))
+    image = torch.full(op.image_shape, 140, dtype=torch.int32)
+    noise = CameraNoise(gain=2.0, offset=100.0, read_sigma=3.0)
+    model = PoissonMeasurement.from_camera(op, image, 104.0, noise, scale_adu=50.0, offset_adu=4.0)
+    assert model.background.dtype == model.counts.dtype == torch.float32
+    assert float(model.background) == pytest.approx(2.0 + 2.25)
+    dim = PoissonMeasurement.from_camera(
+        op,
+        image,
+        100.0,
+        CameraNoise(gain=2.0, offset=100.0, read_sigma=1.0),
+        scale_adu=50.0,
+        offset_adu=4.0,
+    )  # 0.25 photons of read variance: was truncated to 0 and refused
+    assert float(dim.background) == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [

@@ -57,7 +57,15 @@ _Arrays = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray
 
 def _draw(source: BatchSource, batch: int, plane_every: int, seed: int, step: int) -> _Arrays:
     plane = is_plane_step(step, plane_every)
-    drawn = source.sample(batch * (4 if plane else 1), step_rng(seed, step), plane=plane)
+    # one torch thread, as in a worker: multi-threaded FFTs and sums round differently, so
+    # an estimate pair's Richardson-Lucy (and numpy's Poisson draws after it) would depend
+    # on the drawing process's thread count, and workers would train other weights
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        drawn = source.sample(batch * (4 if plane else 1), step_rng(seed, step), plane=plane)
+    finally:
+        torch.set_num_threads(threads)
     pairs = drawn.pairs
     return (
         drawn.x1.numpy(),

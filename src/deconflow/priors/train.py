@@ -82,6 +82,11 @@ class TrainConfig:
         Flow times are drawn uniformly from ``[t_min, 1)`` (0: all of them). A fine-tune
         for the samplers can raise it to their earliest ``t_start``; the prior's samples
         from noise (``FlowPrior.sample``) then rely on what earlier training taught.
+    estimate_pairs : float
+        Share in ``[0, 1]`` of each 3D batch that is estimate pairs (re-noised
+        Richardson–Lucy estimates against the sharp volume,
+        :mod:`deconflow.solvers.estimate_pairs`); 0: plain flow matching only. Needs the
+        built-in generator (``data=None``).
     checkpoint_every : int
         Steps between checkpoints.
     resume : bool

@@ -120,10 +120,12 @@ class PoissonMeasurement:
         above the background (``x = scale_adu * u + offset_adu``).
         """
         level = noise.shifted_background(background_adu)
+        counts = noise.shifted_counts(image)
         return cls(
             operator=operator,
-            counts=noise.shifted_counts(image),
-            background=torch.tensor(level, dtype=image.dtype, device=image.device),
+            counts=counts,
+            # the counts' dtype, not the image's: integer ADU would truncate the background
+            background=torch.tensor(level, dtype=counts.dtype, device=counts.device),
             scale=scale_adu / noise.gain,
             offset=offset_adu / noise.gain,
         )
