@@ -131,3 +131,17 @@ def test_membranes_are_unchanged_on_ordinary_shapes():
     vol = render_structure("membranes", (6, 20, 20), (0.3, 0.1, 0.1), np.random.default_rng(5))
     assert float(vol.astype(np.float64).sum()) == pytest.approx(77.40111743981515, rel=1e-6)
     assert float(vol.max()) == pytest.approx(0.714485228061676, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("seed", "shape", "vox", "density"),
+    [
+        (882392443, (16, 64, 64), (0.285, 0.1213, 0.1213), 0.348),  # a training patch
+        (597753722, (16, 64, 64), (0.2363, 0.1602, 0.1602), 0.192),  # a training patch
+        (2, (16, 32, 32), (0.1, 0.02, 0.02), 1.0),
+    ],
+)
+def test_membranes_never_come_out_empty(seed, shape, vox, density):
+    # a smooth field that missed every drawn level over a small box left the volume black
+    vol = render_structure("membranes", shape, vox, np.random.default_rng(seed), density)
+    assert vol.max() > 0.1

@@ -90,3 +90,10 @@ def test_network_on_cuda_matches_the_cpu():
         got = net.cuda()(x.cuda(), t.cuda(), 2.0).cpu()
     # cuDNN may run the convolutions in TF32 (10-bit mantissa): agree to ~1e-3 relative
     assert float((got - expected).norm() / expected.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 16, 16), (2, 3, 4, 8, 8), (4, 8, 8)])
+def test_a_wrong_shape_is_named_as_given(tiny_net, shape):
+    # a (B, Z, Y, X) stack without its channel axis was reported as (B, Z, 1, Y, X)
+    with pytest.raises(ValueError, match=rf"got \({shape[0]}, {shape[1]}, {shape[2]}"):
+        tiny_net(torch.zeros(shape), torch.zeros(shape[0]))

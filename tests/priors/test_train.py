@@ -376,3 +376,41 @@ def test_resuming_into_float16_loss_scaling_from_a_run_without_it(tmp_path, monk
     monkeypatch.setattr(train_module, "_autocast_dtype", lambda precision, device: torch.float16)
     path = train_prior(_tiny_config(tmp_path, steps=3, resume=True), progress=False)
     assert load_prior(path).card["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"checkpoint_every": 0}, "checkpoint-every"),
+        ({"threads": 0}, "threads"),
+        ({"max_minutes": 0.0}, "max-minutes"),
+        ({"max_minutes": -1.0}, "max-minutes"),
+        ({"lr": -1e-3}, "lr"),
+    ],
+)
+def test_impossible_run_settings_are_refused_before_training(tmp_path, settings, match):
+    # they were a ZeroDivisionError or RuntimeError after the first step, or (a negative
+    # time budget) silently ignored
+    with pytest.raises(DeconflowError, match=match):
+        _tiny_config(tmp_path, **settings)
+    assert not (tmp_path / "w.ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("voxel_size", [(0.0, 0.1, 0.1), (-0.3, 0.1, 0.1), (0.3, 0.1, np.nan)])
+def test_folder_source_refuses_a_voxel_size_that_gives_no_aspect(tmp_path, voxel_size):
+    # a zero or negative z step made every loss NaN, reported as a learning-rate problem
+    write_tiff(tmp_path / "a.tif", np.random.default_rng(0).random((6, 20, 20)).astype(np.float32))
+    with pytest.raises(DeconflowError, match=r"voxel_size_um.*positive"):
+        FolderSource(tmp_path, patch=(4, 16, 16), voxel_size_um=voxel_size)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "weights"])
+def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, damage):
+    # a cut copy, or a weights file under the checkpoint's name, gave a torch
+    # RuntimeError or KeyError 'net' with a traceback
+    weights = train_prior(_tiny_config(tmp_path, steps=2), progress=False)
+    ckpt = tmp_path / "w.ckpt.pt"
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else weights.read_bytes())
+    with pytest.raises(DeconflowError, match=r"Cannot resume from .*w\.ckpt\.pt.*without --resume"):
+        train_prior(_tiny_config(tmp_path, steps=3, resume=True), progress=False)

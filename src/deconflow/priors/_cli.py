@@ -82,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs=3,
         default=None,
         metavar=("Z", "Y", "X"),
-        help="voxel size in µm for TIFFs without metadata",
+        help="voxel size in µm of every TIFF in --data (overrides their metadata; needed for "
+        "3D stacks without it)",
     )
     p.add_argument("--init", type=Path, default=None, help="weights to fine-tune from")
     p.add_argument("--steps", type=int, default=500, help="optimiser steps (500)")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from deconflow._errors import DeconflowError
+from deconflow._validate import check_voxel_size
 from deconflow.priors.generator import generate_volume
 from deconflow.priors.normalization import fit_normalization
 
@@ -152,6 +153,8 @@ class FolderSource:
 
         self.folder = Path(folder)
         self.patch = tuple(int(p) for p in patch)
+        # a zero or negative z step made log(aspect) NaN: every loss NaN, blamed on the lr
+        voxel_size_um = check_voxel_size(voxel_size_um, 3, "voxel_size_um (--voxel-size)")
         self.volumes: list[np.ndarray] = []
         self.aspects: list[float] = []
         for path in _list_tiffs(self.folder):

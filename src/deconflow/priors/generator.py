@@ -218,9 +218,15 @@ def _membranes(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: floa
     unit_normal = [g / (grad + 1e-6) for g in grads]
     dist = phi / (grad + 1e-6)  # ≈ signed distance (µm) to the level set phi = 0
     wall = max(_loguniform(rng, 0.03, 0.12), 0.25 * min(vox[1:]))
+    levels = rng.uniform(-1.0, 1.0, max(1, int(rng.poisson(1.5 * density))))
+    offsets = [level / (grad.mean() + 1e-6) for level in levels]
+    if not any(np.min(dist - o) < 0 < np.max(dist - o) for o in offsets):
+        # a field that varies little over a small box can miss every drawn level, which left
+        # the volume empty (1-5 % of training patches): put one sheet through a random voxel
+        offsets.append(float(dist.flat[rng.integers(dist.size)]))
     out = np.zeros(shape, np.float32)
-    for level in rng.uniform(-1.0, 1.0, max(1, int(rng.poisson(1.5 * density)))):
-        out += _sheet(dist - level / (grad.mean() + 1e-6), wall, unit_normal, vox)
+    for offset in offsets:
+        out += _sheet(dist - offset, wall, unit_normal, vox)
     return out
 
 

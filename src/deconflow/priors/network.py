@@ -184,11 +184,11 @@ class VelocityUNet(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, aspect: torch.Tensor | float = 1.0
     ) -> torch.Tensor:
         """Velocity at ``x`` (shape ``(B, 1, [Z,] Y, X)``) and times ``t`` (shape ``(B,)``)."""
+        if x.ndim not in (4, 5) or x.shape[1] != 1:
+            raise ValueError(f"expected (B, 1, [Z,] Y, X), got {tuple(x.shape)}")
         is_2d = x.ndim == 4
         if is_2d:
             x = x[:, :, None]
-        if x.ndim != 5 or x.shape[1] != 1:
-            raise ValueError(f"expected (B, 1, [Z,] Y, X), got {tuple(x.shape)}")
         if x.shape[2] < 4 * self.stride(is_2d)[0] and torch.is_autocast_enabled(x.device.type):
             # oneDNN's bfloat16 Conv3d miscomputes some one- and two-plane shapes (torch
             # 2.13 CPU: NaN/inf outputs with one input channel, NaN weight gradients with

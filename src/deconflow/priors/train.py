@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy
@@ -54,7 +55,8 @@ class TrainConfig:
     data : Path or None
         Folder of sharp TIFF stacks; ``None`` uses the built-in generator.
     voxel_size_um : tuple of float or None
-        ``(z, y, x)`` for TIFFs without metadata.
+        ``(z, y, x)`` µm of every TIFF in ``data``: overrides their metadata, needed for
+        3D stacks without it.
     init : Path or None
         Weights to start from (fine-tuning); default: a new network.
     channels : tuple of int
@@ -128,6 +130,24 @@ class TrainConfig:
             raise DeconflowError("steps and batch must be at least 1.")
         if self.workers < 0:
             raise DeconflowError(f"workers must be 0 or more, got {self.workers}.")
+        # caught here, not as a ZeroDivisionError/RuntimeError once the run has started
+        if self.checkpoint_every < 1:
+            raise DeconflowError(
+                f"checkpoint_every (--checkpoint-every) must be at least 1 step, got "
+                f"{self.checkpoint_every}."
+            )
+        if self.threads is not None and self.threads < 1:
+            raise DeconflowError(
+                f"threads (--threads) must be at least 1, got {self.threads}; omit it for "
+                "torch's default."
+            )
+        if self.max_minutes is not None and not 0.0 < self.max_minutes < math.inf:
+            raise DeconflowError(
+                f"max_minutes (--max-minutes) must be a positive number of minutes, got "
+                f"{self.max_minutes}; omit it to train for --steps steps."
+            )
+        if not 0.0 < self.lr < math.inf:
+            raise DeconflowError(f"lr (--lr) must be a positive learning rate, got {self.lr}.")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise DeconflowError(f"patch must be three positive sizes (z, y, x), got {self.patch}")
         if not 0.0 <= self.t_min < 1.0:
@@ -206,6 +226,28 @@ def _check_resume(config: TrainConfig, saved: object, ckpt: Path) -> None:
 
 def _ckpt_path(out: Path) -> Path:
     return out.with_name(out.stem + ".ckpt.pt")
+
+
+#: What every checkpoint ``train_prior`` writes holds (older ones lack the later extras).
+_CHECKPOINT_KEYS = frozenset({"net", "ema", "opt", "torch_rng", "step", "curve", "elapsed_s"})
+
+
+def _load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Read a resumable checkpoint, or say that it is damaged and what to do."""
+    advice = (
+        "it is truncated, corrupt or not a checkpoint of 'deconflow train'. Start the run "
+        "again without --resume, which replaces it."
+    )
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for short or foreign files
+        raise DeconflowError(f"Cannot resume from {ckpt} ({type(exc).__name__}): {advice}") from exc
+    missing = _CHECKPOINT_KEYS - state.keys() if isinstance(state, dict) else _CHECKPOINT_KEYS
+    if missing:
+        raise DeconflowError(
+            f"Cannot resume from {ckpt} (no {', '.join(sorted(missing))}): {advice}"
+        )
+    return state
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -297,7 +339,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     ckpt = _ckpt_path(config.out)
     if config.resume and ckpt.is_file():
         # CPU first: generator states must stay CPU tensors even for a CUDA generator
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(ckpt)
         _check_resume(config, state.get("settings"), ckpt)
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
