@@ -414,3 +414,17 @@ def test_a_damaged_checkpoint_is_named_on_resume(tmp_path, damage):
     ckpt.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else weights.read_bytes())
     with pytest.raises(DeconflowError, match=r"Cannot resume from .*w\.ckpt\.pt.*without --resume"):
         train_prior(_tiny_config(tmp_path, steps=3, resume=True), progress=False)
+
+
+def test_training_leaves_torch_global_random_stream_alone(tmp_path):
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    first = train_prior(_tiny_config(tmp_path / "a", steps=1), progress=False)
+    # was re-seeded with the run's seed: the caller's own random numbers changed
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+    # the seed still decides the new network's initial weights
+    again = train_prior(_tiny_config(tmp_path / "b", steps=1), progress=False)
+    a, b = load_prior(first).network.state_dict(), load_prior(again).network.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -324,9 +324,12 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
     device = resolve_device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     source = _make_source(config)
-    net, init_card = _make_network(config)
+    # the seed sets a new network's initial weights (drawn on the CPU); the caller's own
+    # torch random stream is left where it was
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(config.seed)
+        net, init_card = _make_network(config)
     net = net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
