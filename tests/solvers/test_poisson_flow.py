@@ -216,38 +216,20 @@ def test_unperturbed_samples_agree_where_the_prior_ignores_its_input():
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
-def test_from_camera_converts_adu_to_photons():
-    op = ConvolutionOperator(np.ones((1, 1, 1)), (2, 3, 3), dtype=torch.float64)
-    image = torch.full(op.image_shape, 140.0, dtype=torch.float64)
-    model = PoissonMeasurement.from_camera(
-        op,
-        image,
-        104.0,
-        CameraNoise(gain=2.0, offset=100.0, read_sigma=3.0),
-        scale_adu=50.0,
-        offset_adu=4.0,
-    )
-    np.testing.assert_allclose(model.counts.numpy(), 20.0 + 2.25)
-    assert float(model.background) == pytest.approx(2.0 + 2.25)
-    assert model.scale == 25.0 and model.offset == 2.0
-
-
-def test_from_camera_keeps_a_fractional_background_for_integer_adu():
-    # the background took the image's dtype: 104 ADU -> 4.25 photons was truncated to 4
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+def test_from_camera_converts_adu_to_photons(dtype):
+    # integer ADU: the background took the image's dtype, so 4.25 photons became 4
     op = ConvolutionOperator(np.ones((1, 1, 1)), (2, 3, 3))
-    image = torch.full(op.image_shape, 140, dtype=torch.int32)
+    image = torch.full(op.image_shape, 140, dtype=dtype)
     noise = CameraNoise(gain=2.0, offset=100.0, read_sigma=3.0)
     model = PoissonMeasurement.from_camera(op, image, 104.0, noise, scale_adu=50.0, offset_adu=4.0)
-    assert model.background.dtype == model.counts.dtype == torch.float32
+    np.testing.assert_allclose(model.counts.numpy(), 20.0 + 2.25)
+    assert model.background.dtype == model.counts.dtype and model.counts.is_floating_point()
     assert float(model.background) == pytest.approx(2.0 + 2.25)
-    dim = PoissonMeasurement.from_camera(
-        op,
-        image,
-        100.0,
-        CameraNoise(gain=2.0, offset=100.0, read_sigma=1.0),
-        scale_adu=50.0,
-        offset_adu=4.0,
-    )  # 0.25 photons of read variance: was truncated to 0 and refused
+    assert model.scale == 25.0 and model.offset == 2.0
+    # 0.25 photons of read variance alone: truncated to 0 for integers, and refused
+    quiet = CameraNoise(gain=2.0, offset=100.0, read_sigma=1.0)
+    dim = PoissonMeasurement.from_camera(op, image, 100.0, quiet, scale_adu=50.0, offset_adu=4.0)
     assert float(dim.background) == pytest.approx(0.25)
 
 
