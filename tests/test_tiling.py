@@ -202,3 +202,42 @@ def test_flow_memory_estimate_covers_its_measured_peak():
     done.set()
     watcher.join()
     assert peak[0] - base <= estimate_bytes(shape, psf.shape, "flow")
+
+
+def test_the_failed_attempts_memory_is_released_before_the_cache_is_emptied(monkeypatch):
+    """On CUDA the cache is emptied for the retry: the failed attempt's tensors must be gone.
+
+    Before, ``empty_cache`` ran inside the ``except`` clause, while the error's traceback
+    still held the failed solver's frames and tensors, so it could not return their memory.
+    """
+    import weakref
+
+    from deconflow._execute import BlockOutput, run_plan
+
+    held: list[weakref.ref[torch.Tensor]] = []
+    alive_at_empty: list[bool] = []
+    monkeypatch.setattr(
+        torch.cuda, "empty_cache", lambda: alive_at_empty.append(held[0]() is not None)
+    )
+
+    def solve(block, index, tile, tiles):
+        if not held:
+            work = torch.zeros(1000)  # the failed attempt's buffers
+            held.append(weakref.ref(work))
+            raise torch.cuda.OutOfMemoryError("simulated")
+        yield Progress("solve", 1, 1, "")
+        return BlockOutput(mean=block.astype(np.float32))
+
+    data = np.ones((64, 64), np.float32)
+    plan = plan_tiles(data.shape, (9, 9), "rl", budget_bytes=10**12)
+    notes: list[str] = []
+    run = run_plan(data, plan, solve, torch.device("cuda"), notes, psf_shape=(9, 9), method="rl")
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            output = stop.value
+            break
+    assert np.array_equal(output.mean, data)
+    assert alive_at_empty == [False]
+    assert any("retried" in note for note in notes)

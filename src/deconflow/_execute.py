@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import EllipsisType
@@ -154,8 +155,11 @@ def run_plan(
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    # only after the except clause: until it ends, the error's traceback keeps the failed
+    # attempt's frames alive, and with them its tensors, which the cache could not release
+    gc.collect()  # a failed generator's frames can also sit in reference cycles
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     smaller = plan_tiles(
         data.shape,
         psf_shape,
