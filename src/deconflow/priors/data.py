@@ -16,7 +16,7 @@ import torch
 
 from deconflow._errors import DeconflowError
 from deconflow._validate import check_voxel_size
-from deconflow.priors.generator import generate_volume
+from deconflow.priors.generator import generate_volume, log_uniform
 from deconflow.priors.normalization import fit_normalization
 
 __all__ = ["Batch", "EstimatePairs", "FolderSource", "GeneratorSource", "augment_gain"]
@@ -93,11 +93,10 @@ class GeneratorSource:
 
     def sample(self, batch: int, rng: np.random.Generator, plane: bool = False) -> Batch:
         """Draw a batch of 3D patches, or of 2D single planes when ``plane``."""
-        lo, hi = np.log(self.aspect_range)
         xs, aspects = [], []
         for _ in range(batch):
-            aspect = float(np.exp(rng.uniform(lo, hi)))
-            px = float(np.exp(rng.uniform(*np.log(self.pixel_um_range))))
+            aspect = log_uniform(rng, *self.aspect_range)
+            px = log_uniform(rng, *self.pixel_um_range)
             shape = (3, *self.patch[1:]) if plane else self.patch
             vol = generate_volume(shape, (aspect * px, px, px), rng)
             if plane:

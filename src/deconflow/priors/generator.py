@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["STRUCTURES", "generate_volume", "render_structure"]
+__all__ = ["STRUCTURES", "generate_volume", "log_uniform", "render_structure"]
 
 STRUCTURES: tuple[str, ...] = ("filaments", "network", "puncta", "vesicles", "membranes", "nuclei")
 
@@ -22,7 +22,8 @@ Shape3 = tuple[int, int, int]
 Vox3 = tuple[float, float, float]
 
 
-def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """Draw one number log-uniformly from ``[lo, hi)`` (sizes, brightnesses, photon counts)."""
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
@@ -102,8 +103,8 @@ def _curves(
     ds = 0.4 * min(vox)
     curves = []
     for _ in range(n):
-        steps = max(int(_loguniform(rng, *length_um) / ds), 2)
-        kappa = 1.0 / _loguniform(rng, *persistence_um)
+        steps = max(int(log_uniform(rng, *length_um) / ds), 2)
+        kappa = 1.0 / log_uniform(rng, *persistence_um)
         d = rng.standard_normal(3)
         flat = rng.uniform(0.0, 0.6)  # many cellular filaments run roughly in-plane
         d[0] *= flat
@@ -136,7 +137,7 @@ def _filaments(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: floa
     for _ in range(rng.integers(1, 3)):  # families of different thickness
         n = max(1, _count(5 * density, shape, vox, rng))
         curves = _curves(n, (3.0, 40.0), (0.5, 30.0), shape, vox, rng)
-        out += _render_curves(curves, _loguniform(rng, 0.03, 0.2), shape, vox, rng)
+        out += _render_curves(curves, log_uniform(rng, 0.03, 0.2), shape, vox, rng)
     return out
 
 
@@ -144,7 +145,7 @@ def _network(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float)
     # a dense mesh of short, curly, thin segments (ER / actin cortex-like)
     n = max(3, _count(60 * density, shape, vox, rng))
     curves = _curves(n, (0.5, 4.0), (0.3, 3.0), shape, vox, rng)
-    return _render_curves(curves, _loguniform(rng, 0.03, 0.1), shape, vox, rng)
+    return _render_curves(curves, log_uniform(rng, 0.03, 0.1), shape, vox, rng)
 
 
 def _puncta(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float) -> np.ndarray:
@@ -152,7 +153,7 @@ def _puncta(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float) 
     n = max(1, _count(40 * density, shape, vox, rng))
     pts = rng.uniform(0, 1, (n, 3)) * ext
     w = rng.lognormal(0, 0.6, n)
-    vol = _blur(_splat(pts, w, shape, vox), _loguniform(rng, 0.03, 0.2), vox)
+    vol = _blur(_splat(pts, w, shape, vox), log_uniform(rng, 0.03, 0.2), vox)
     return _unit_peak(vol, pts, vox) if n else vol
 
 
@@ -179,8 +180,8 @@ def _vesicles(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float
     ext = _extent(shape, vox)
     z, y, x = _grid_um(shape, vox)
     for _ in range(max(1, _count(4 * density, shape, vox, rng))):
-        r = _loguniform(rng, 0.25, 2.0)
-        wall = max(_loguniform(rng, 0.03, 0.1), 0.25 * min(vox[1:]))
+        r = log_uniform(rng, 0.25, 2.0)
+        wall = max(log_uniform(rng, 0.03, 0.1), 0.25 * min(vox[1:]))
         c = rng.uniform(0, 1, 3) * ext
         axes = r * rng.uniform(0.8, 1.2, 3)  # slightly squashed
         d = (
@@ -204,7 +205,7 @@ def _vesicles(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float
 
 def _membranes(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float) -> np.ndarray:
     # level sets of a smooth field: curved sheets; adding a linear ramp makes them plane-like
-    phi = _wave_field(shape, vox, _loguniform(rng, 0.8, 5.0), rng)
+    phi = _wave_field(shape, vox, log_uniform(rng, 0.8, 5.0), rng)
     z, y, x = _grid_um(shape, vox)
     normal = rng.standard_normal(3)
     ramp = (normal[0] * z + normal[1] * y + normal[2] * x) / np.linalg.norm(normal)
@@ -217,7 +218,7 @@ def _membranes(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: floa
     grad = np.sqrt(sum(g**2 for g in grads))
     unit_normal = [g / (grad + 1e-6) for g in grads]
     dist = phi / (grad + 1e-6)  # ≈ signed distance (µm) to the level set phi = 0
-    wall = max(_loguniform(rng, 0.03, 0.12), 0.25 * min(vox[1:]))
+    wall = max(log_uniform(rng, 0.03, 0.12), 0.25 * min(vox[1:]))
     levels = rng.uniform(-1.0, 1.0, max(1, int(rng.poisson(1.5 * density))))
     offsets = [level / (grad.mean() + 1e-6) for level in levels]
     if not any(np.min(dist - o) < 0 < np.max(dist - o) for o in offsets):
@@ -234,11 +235,11 @@ def _nuclei(shape: Shape3, vox: Vox3, rng: np.random.Generator, density: float) 
     out = np.zeros(shape, np.float32)
     ext = _extent(shape, vox)
     z, y, x = _grid_um(shape, vox)
-    texture = _smooth_field(shape, vox, _loguniform(rng, 0.1, 0.5), rng)
+    texture = _smooth_field(shape, vox, log_uniform(rng, 0.1, 0.5), rng)
     chromatin = np.exp(rng.uniform(0.5, 1.5) * texture)
     chromatin /= chromatin.mean()
     for _ in range(max(1, int(rng.poisson(0.7 * density)))):
-        radii = _loguniform(rng, 2.0, 6.0) * rng.uniform(0.6, 1.0, 3)
+        radii = log_uniform(rng, 2.0, 6.0) * rng.uniform(0.6, 1.0, 3)
         c = rng.uniform(0.1, 0.9, 3) * ext
         rho = np.sqrt(
             ((z - c[0]) / radii[0]) ** 2
@@ -339,12 +340,12 @@ def generate_volume(
         k = int(rng.choice([1, 1, 2, 2, 3]))
         structures = list(rng.choice(STRUCTURES, size=k, replace=False))
     s, v = _as3(shape, voxel_size_um)
-    density = _loguniform(rng, 0.15, 4.0)  # sparse to crowded fields
+    density = log_uniform(rng, 0.15, 4.0)  # sparse to crowded fields
     vol = np.zeros(s, np.float32)
     for kind in structures:
-        vol += _loguniform(rng, 0.05, 1.0) * render_structure(kind, s, v, rng, density)
+        vol += log_uniform(rng, 0.05, 1.0) * render_structure(kind, s, v, rng, density)
     vol /= max(float(vol.max()), 1e-6)
     if rng.uniform() < 0.5:  # diffuse cytoplasm-like haze
-        vol += _loguniform(rng, 0.005, 0.2) * (1 + 0.5 * np.tanh(_wave_field(s, v, 3.0, rng)))
-    peak = _loguniform(rng, 10.0, 10000.0)
+        vol += log_uniform(rng, 0.005, 0.2) * (1 + 0.5 * np.tanh(_wave_field(s, v, 3.0, rng)))
+    peak = log_uniform(rng, 10.0, 10000.0)
     return (peak * (vol + rng.uniform(0, 0.3) * (rng.uniform() < 0.5))).astype(np.float32)

@@ -23,7 +23,7 @@ import torch
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
 from deconflow.priors.data import Batch, EstimatePairs, GeneratorSource
-from deconflow.priors.generator import generate_volume
+from deconflow.priors.generator import generate_volume, log_uniform
 from deconflow.priors.normalization import fit_normalization
 from deconflow.psf.theoretical import confocal_psf, widefield_psf
 from deconflow.solvers.richardson_lucy import RichardsonLucy
@@ -34,10 +34,6 @@ __all__ = ["EstimatePairSource", "draw_psf"]
 _IMMERSIONS = (("air", 1.0, (0.7, 0.95)), ("water", 1.33, (0.9, 1.25)), ("oil", 1.515, (1.2, 1.45)))
 #: Largest PSF kernel (z, y, x) in voxels, as the flow benchmark cuts its PSFs.
 _KERNEL_CAP = (21, 31, 31)
-
-
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
 def draw_psf(
@@ -173,13 +169,13 @@ class EstimatePairSource:
 
     def pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
         """Draw one ``(truth, estimate, aspect)``, both volumes float32 in prior units."""
-        aspect = _log_uniform(rng, *self.aspect_range)
-        pixel = _log_uniform(rng, *self.pixel_um_range)
+        aspect = log_uniform(rng, *self.aspect_range)
+        pixel = log_uniform(rng, *self.pixel_um_range)
         voxel = (aspect * pixel, pixel, pixel)
         psf, _ = draw_psf(self.kernel, voxel, rng)
         op = ConvolutionOperator(psf, self.patch, dtype=torch.float32)
         obj = generate_volume(op.object_shape, voxel, rng).astype(np.float32)
-        obj *= _log_uniform(rng, *self.peak_photon_range) / max(float(obj.max()), 1e-12)
+        obj *= log_uniform(rng, *self.peak_photon_range) / max(float(obj.max()), 1e-12)
         haze = float(rng.uniform(0.5, 5.0))
         read = float(rng.uniform(0.0, 2.0))
         mean = op.A(torch.from_numpy(obj)).numpy() + haze
