@@ -182,13 +182,10 @@ def test_t_min_outside_zero_to_one_is_refused(tmp_path, t_min):
         _tiny_config(tmp_path, t_min=t_min)
 
 
-@pytest.mark.parametrize(
-    ("settings", "match"),
-    [({"estimate_pairs": -0.1}, "share in"), ({"estimate_pairs": 1.1}, "share in")],
-)
-def test_estimate_pair_share_outside_zero_to_one_is_refused(tmp_path, settings, match):
-    with pytest.raises(DeconflowError, match=match):
-        _tiny_config(tmp_path, **settings)
+@pytest.mark.parametrize("share", [-0.1, 1.1])
+def test_estimate_pair_share_outside_zero_to_one_is_refused(tmp_path, share):
+    with pytest.raises(DeconflowError, match="share in"):
+        _tiny_config(tmp_path, estimate_pairs=share)
 
 
 def test_estimate_pairs_with_a_data_folder_are_refused(tmp_path):
