@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -108,12 +109,19 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from deconflow.cli import check_voxel_argument
 
     settings = settings_from_args(args)
-    if args.write_config:
-        sys.stdout.write(commented_yaml(settings))
-        return 0
-    _check_args(args)
     voxel = check_voxel_argument(args.voxel_size, "--voxel-size")
     psf_voxel = check_voxel_argument(args.psf_voxel_size, "--psf-voxel-size")
+    if args.write_config:
+        # the voxel-size flags are settings too: a file written without them would
+        # silently read each file's metadata instead
+        written = dataclasses.replace(
+            settings,
+            voxel_size_um=voxel or settings.voxel_size_um,
+            psf_voxel_size_um=psf_voxel or settings.psf_voxel_size_um,
+        )
+        sys.stdout.write(commented_yaml(written))
+        return 0
+    _check_args(args)
     out_dir: Path = args.out.expanduser().resolve()
     psfs = tuple(str(p.expanduser().resolve()) for p in args.psf)
     pairs = expand_inputs(args.inputs, out_dir, exclude=[Path(p) for p in psfs])
