@@ -434,3 +434,62 @@ def test_a_second_batch_into_the_same_folder_is_refused_while_the_first_runs(
     # the lock goes with its holder (a killed run included): the folder is free again
     assert main([*args, "-q"]) == 0
     assert (out / "a_deconvolved.ome.tif").is_file()
+
+
+def test_write_config_keeps_the_voxel_size_flags(capsys):
+    # docs/batch.md: the voxel-size flags override --config like the others; a file written
+    # with them must not silently fall back to each file's metadata
+    flags = ["--voxel-size", "0.5", "0.1", "0.1", "--psf-voxel-size", "0.2", "0.05", "0.05"]
+    assert main(["batch", "--write-config", "--method", "rl", *flags]) == 0
+    settings = DeconvolutionSettings.from_yaml(capsys.readouterr().out)
+    assert settings.voxel_size_um == (0.5, 0.1, 0.1)
+    assert settings.psf_voxel_size_um == (0.2, 0.05, 0.05)
+    assert main(["batch", "--write-config", "--voxel-size", "1", "2", "3", "4"]) == 2
+    assert "--voxel-size takes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("psf_as", ["target", "link"])
+def test_a_psf_linked_into_the_data_folder_is_not_an_input(tmp_path, psf_file, psf_as):
+    # beads kept once and linked into each day's folder: "the PSF files ... are never
+    # taken as inputs" whichever of the two paths --psf names
+    from deconflow.batch.files import expand_inputs
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_imagej(data_dir / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    (data_dir / "bead.tif").symlink_to(psf_file)
+    psf = psf_file if psf_as == "target" else data_dir / "bead.tif"
+    exclude = [psf.resolve()]  # as the command passes them
+    for entry in (data_dir, data_dir / "*.tif"):
+        pairs = expand_inputs([str(entry)], tmp_path / "out", exclude=exclude)
+        assert [source.name for source, _ in pairs] == ["a.tif"], entry
+
+
+def test_same_named_inputs_in_one_folder_are_refused_with_a_fix_that_applies(tmp_path):
+    from deconflow import DeconflowError
+    from deconflow.batch.files import expand_inputs
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for name in ("cell.tif", "cell.ome.tif"):  # raw stack and its OME export
+        write_imagej(data_dir / name, stack((8, 16, 16), 0), "ZYX")
+    with pytest.raises(DeconflowError) as error:
+        expand_inputs([str(data_dir)], tmp_path / "out")
+    message = str(error.value)
+    assert "cell.ome.tif" in message and "cell_deconvolved.ome.tif" in message
+    # a glob of their common folder, the hint for day1/cell.tif and day2/cell.tif, keeps
+    # the same clash: the hint must be one that resolves it
+    assert "glob" not in message and "rename" in message.lower()
+
+
+def test_an_output_folder_holding_the_inputs_is_named_as_the_problem(tmp_path):
+    from deconflow import DeconflowError
+    from deconflow.batch.files import expand_inputs
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_imagej(data_dir / "a.tif", stack((8, 16, 16), 0), "ZYX")
+    for out in (data_dir, tmp_path):  # --out the data folder itself, or a folder above it
+        with pytest.raises(DeconflowError, match="inside the output folder") as error:
+            expand_inputs([str(data_dir)], out)
+        assert "--out" in str(error.value)

@@ -66,12 +66,14 @@ def expand_inputs(
     Raises
     ------
     DeconflowError
-        When an input matches nothing, nothing is left to process, or two
-        inputs would write the same output.
+        When an input matches nothing, nothing is left to process (every
+        input is inside ``out_dir``, say), or two inputs would write the same
+        output.
     """
     out_dir = out_dir.resolve()
     skip = {p.resolve() for p in exclude}
     pairs: dict[Path, Path] = {}
+    inside_out = 0
     for entry in inputs:
         path = Path(entry).expanduser()
         if path.is_dir():
@@ -96,9 +98,20 @@ def expand_inputs(
                 if Path(m).is_file()
             ]
         for source, sub in found:
-            if not _is_tiff(source) or source in skip or source.is_relative_to(out_dir):
+            # a folder's entries may be links (a bead stack linked into each day's folder)
+            real = source.resolve()
+            if not _is_tiff(source) or real in skip:
+                continue
+            if real.is_relative_to(out_dir):
+                inside_out += 1
                 continue
             pairs.setdefault(source, out_dir / sub / f"{_stem(source)}{OUTPUT_SUFFIX}")
+    if not pairs and inside_out:
+        raise DeconflowError(
+            f"Every input is inside the output folder {out_dir}, where files are taken as "
+            "earlier outputs, not inputs; give an --out folder outside the input folders "
+            "(e.g. a new sub-folder of them)."
+        )
     if not pairs:
         raise DeconflowError(
             f"No TIFF inputs found in {', '.join(inputs)} (outputs under {out_dir} and the "
@@ -108,6 +121,21 @@ def expand_inputs(
     for source, target in pairs.items():
         by_output.setdefault(target, []).append(source)
     clashes = [sources for sources in by_output.values() if len(sources) > 1]
+    same_folder = [
+        (target, sources)
+        for target, sources in by_output.items()
+        if len(sources) > 1 and len({s.parent for s in sources}) == 1
+    ]
+    if same_folder:
+        # a.tif and a.ome.tif side by side: no glob or sub-folder tells their outputs apart
+        names = "; ".join(
+            f"{' and '.join(str(s) for s in sources)} -> {target.name}"
+            for target, sources in same_folder[:3]
+        )
+        raise DeconflowError(
+            f"Inputs in the same folder would write the same output: {names}. Rename one of "
+            "them, or give them as files to separate batches with different --out folders."
+        )
     if clashes:
         names = "; ".join(" and ".join(str(s) for s in group) for group in clashes[:3])
         raise DeconflowError(
