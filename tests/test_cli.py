@@ -235,3 +235,22 @@ def test_the_progress_bar_follows_a_step_count_that_changes(monkeypatch, capsys)
     err = capsys.readouterr().err
     # was "0/20" then "160it": past its total the bar dropped the percentage
     assert "160/160" in err and "100%" in err, err
+
+
+def test_run_with_a_folder_as_output_says_to_name_a_file(tmp_path, capsys, monkeypatch):
+    # "-o decon/" as for batch: --overwrite, the old hint, then failed after the whole run
+    import deconflow.batch.task
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing must run for a folder output")
+
+    monkeypatch.setattr(deconflow.batch.task, "process_file", never)
+    folder = tmp_path / "decon"
+    folder.mkdir()
+    base = ["run", str(SAMPLE_DATA / "confocal_grid.tif")]
+    base += ["--psf", str(SAMPLE_DATA / "confocal_bead.tif"), "-o", str(folder), "-q"]
+    for extra in ([], ["--overwrite"]):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder" in err and "confocal_grid_deconvolved.ome.tif" in err, err
+    assert folder.is_dir() and not any(folder.iterdir())

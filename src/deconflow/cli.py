@@ -187,6 +187,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"The output path {output} is an input file; choose another output path "
             "(inputs are never overwritten)."
         )
+    if output.is_dir():  # --overwrite cannot replace a folder: it would fail after the run
+        from deconflow.batch.files import output_for
+
+        raise DeconflowError(
+            f"-o/--output takes a file path, but {output} is a folder; give a file name, "
+            f"e.g. {output_for(image_path, output)} (deconflow batch takes an output folder)."
+        )
     if output.exists() and not args.overwrite:
         raise DeconflowError(f"{output} exists; pass --overwrite to replace it.")
     outcome = _run_one(_job(args, image_path, args.psf, output, args.overwrite), args.quiet)
