@@ -493,3 +493,15 @@ def test_an_output_folder_holding_the_inputs_is_named_as_the_problem(tmp_path):
         with pytest.raises(DeconflowError, match="inside the output folder") as error:
             expand_inputs([str(data_dir)], out)
         assert "--out" in str(error.value)
+
+
+def test_a_provenance_record_given_as_config_is_named_as_such(tmp_path, psf_file, capsys):
+    # "reprocess with the settings of this result": the record holds them under "settings"
+    source = write_imagej(tmp_path / "a.tif", stack((8, 32, 32), 0), "ZYX")
+    base = ["batch", str(source), "--psf", str(psf_file), "--iterations", "1", "-q"]
+    assert main([*base, "-o", str(tmp_path / "out")]) == 0
+    record = tmp_path / "out" / "a_deconvolved.json"
+    assert main([*base, "-o", str(tmp_path / "again"), "--config", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert "provenance record" in err and "'settings'" in err and "--write-config" in err, err
+    assert "schema_version" not in err  # the old "Did you mean 'schema_version'?"

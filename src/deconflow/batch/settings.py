@@ -71,7 +71,18 @@ def build_settings(
                 f"Settings file {config} not found; write one with "
                 "'deconflow batch --write-config > settings.yaml'."
             )
-        base = DeconvolutionSettings.from_yaml(config.read_text(encoding="utf-8"))
+        text = config.read_text(encoding="utf-8")
+        try:
+            base = DeconvolutionSettings.from_yaml(text)
+        except DeconflowError:
+            if _is_record(text):
+                raise DeconflowError(
+                    f"{config} is the provenance record of a deconflow output, not a settings "
+                    "file; copy its 'settings' section into a YAML file (its voxel sizes are "
+                    "that output's: set them to null to read each file's), or start from "
+                    "'deconflow batch --write-config > settings.yaml'."
+                ) from None
+            raise
     else:
         base = DeconvolutionSettings()
     changes: dict[str, Any] = {}
@@ -104,6 +115,15 @@ def build_settings(
         solver = dataclasses.replace(current, iterations=iterations)
         settings = dataclasses.replace(settings, **{section: solver})
     return settings
+
+
+def _is_record(text: str) -> bool:
+    """Whether ``text`` is an output's JSON record (settings under ``"settings"``)."""
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(mapping, dict) and {"resume_key", "settings"} <= mapping.keys()
 
 
 def resolve_voxel_sizes(
