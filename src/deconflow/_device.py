@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from deconflow._errors import DeconflowError
 
 __all__ = [
     "PRECISIONS",
+    "check_device_name",
     "check_precision",
     "cpu_has_native_bfloat16",
     "resolve_device",
@@ -16,6 +19,20 @@ __all__ = [
 
 #: Accepted ``precision`` settings of the prior network.
 PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+#: Device names settings accept: the syntax only, since settings written on one machine
+#: may run on another (a laptop's YAML on a GPU server); availability is checked at run time.
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(device: str) -> None:
+    """Raise :class:`DeconflowError` unless ``device`` is auto, cpu, cuda or cuda:N."""
+    if not _DEVICE_NAME.fullmatch(str(device).strip().lower()):
+        raise DeconflowError(
+            f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N' (N: the GPU's "
+            "number)."
+        )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import yaml
 
+from deconflow._device import check_device_name
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
 from deconflow._validate import check_name
@@ -190,6 +191,7 @@ class DeconvolutionSettings:
 
     def __post_init__(self) -> None:
         check_name("method", self.method, METHODS, METHOD_ALIASES)
+        check_device_name(self.device)
         if self.background is not None and not self.background >= 0:
             raise DeconflowError(
                 f"background must be >= 0 (or None to estimate it), got {self.background}."
