@@ -261,3 +261,45 @@ def test_running_out_of_memory_is_not_called_a_damaged_file(tmp_path, monkeypatc
     with pytest.raises(DeconflowError, match="Not enough memory") as info:
         read_tiff(path)
     assert "complete" not in str(info.value)
+
+
+def test_imagej_stack_with_a_one_unit_z_step_keeps_its_voxel_size(tmp_path):
+    # ImageJ leaves "spacing" out of a calibrated stack whose z step is 1 (its default):
+    # a 1 µm confocal stack then read back with no voxel size at all
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 5, 6), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.1, 1 / 0.1),
+        metadata={"axes": "ZYX", "unit": "micron"},
+    )
+    assert "spacing" not in tifffile.TiffFile(path).imagej_metadata
+    np.testing.assert_allclose(read_tiff(path).voxel_size_um, (1.0, 0.1, 0.1))
+
+
+def test_ome_tiff_with_broken_xml_is_read_without_a_voxel_size(tmp_path):
+    # an unescaped "&" from another program: tifffile still reads the pixels, and the file
+    # was refused as damaged ("is the file complete?")
+    path = tmp_path / "ok.ome.tif"
+    data = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    meta = {"axes": "ZYX", "Name": "x", "PhysicalSizeZ": 0.3, "PhysicalSizeY": 0.1}
+    tifffile.imwrite(path, data, ome=True, metadata=meta)
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata.replace('Name="x"', 'Name="A & B"')
+    broken = tmp_path / "broken.ome.tif"
+    tifffile.imwrite(broken, data, description=xml, metadata=None, photometric="minisblack")
+    image = read_tiff(broken)
+    np.testing.assert_array_equal(image.data, data)
+    assert image.axes == "ZYX"
+    assert image.voxel_size_um is None
+
+
+def test_ome_tiff_with_several_images_is_refused(tmp_path):
+    # a multi-position file: only the first position was read, silently
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for _ in range(2):
+            tif.write(np.zeros((4, 5, 6), np.uint16), photometric="minisblack")
+    with pytest.raises(DeconflowError, match="2 images"):
+        read_tiff(path)

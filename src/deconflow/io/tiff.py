@@ -81,7 +81,10 @@ def _number(text: str) -> float:
 
 
 def _ome_voxel_size(ome_xml: str) -> tuple[float | None, float | None, float | None]:
-    root = ET.fromstring(ome_xml)
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:  # e.g. an unescaped "&": tifffile still reads the pixels
+        return None, None, None
     for element in root.iter():
         if element.tag.endswith("Pixels"):
             sizes = []
@@ -122,13 +125,20 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     Raises
     ------
     DeconflowError
-        When the file is missing or not a readable TIFF.
+        When the file is missing or not a readable TIFF, or is an OME-TIFF
+        holding several images (series).
     """
     p = Path(path)
     if not p.is_file():
         raise DeconflowError(f"No such file: {p}. Check the path.")
     try:
         with tifffile.TiffFile(p) as tif:
+            if tif.is_ome and len(tif.series) > 1:
+                raise DeconflowError(
+                    f"{p} holds {len(tif.series)} images (OME series, e.g. stage positions) "
+                    "and deconflow reads one per file; save each as its own file (Fiji: "
+                    "Bio-Formats Importer with 'Open all series', then save each)."
+                )
             series = tif.series[0]
             data = series.asarray()
             axes = series.axes.upper() if series.axes else ""
@@ -142,7 +152,9 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 scale = _unit_scale(meta.get("unit", "um")) if meta else 1.0
                 # a file's first page is always a full page, never a frame sharing tags
                 y, x = _resolution_um(cast(tifffile.TiffPage, tif.pages[0]), scale)
-                z = _number(str(meta["spacing"])) * scale if "spacing" in meta else None
+                # ImageJ leaves out a z step of 1 (its default) even in a calibrated stack
+                spacing = meta.get("spacing", 1.0 if "unit" in meta else None)
+                z = None if spacing is None else _number(str(spacing)) * scale
                 if not meta:
                     # plain TIFF: resolution tags in inches or cm say nothing about the sample
                     y = x = None
@@ -150,6 +162,8 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                     # ImageJ's "uncalibrated": 1 pixel per unit and no unit (what tifffile
                     # writes without a resolution), not a 1 µm pixel
                     y = x = None
+    except DeconflowError:
+        raise
     except MemoryError as exc:
         raise DeconflowError(
             f"Not enough memory to read {p} ({exc}). Close other programs, or crop or split "
