@@ -303,3 +303,10 @@ def test_ome_tiff_with_several_images_is_refused(tmp_path):
             tif.write(np.zeros((4, 5, 6), np.uint16), photometric="minisblack")
     with pytest.raises(DeconflowError, match="2 images"):
         read_tiff(path)
+
+
+def test_ome_writer_refuses_a_repeated_axis(tmp_path):
+    # before: tifffile's OmeXmlError, not the documented DeconflowError
+    with pytest.raises(DeconflowError, match="Cannot write axes 'ZZYX'"):
+        write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((2, 3, 4, 5)), axes="ZZYX")
+    assert not list(tmp_path.iterdir())

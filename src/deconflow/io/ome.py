@@ -61,10 +61,15 @@ def write_ome_tiff(
         does not fit ``axes`` or is not positive.
     """
     axes = axes.upper()
-    if len(axes) != data.ndim or set(axes) - _OME_AXES or not axes.endswith("YX"):
+    if (
+        len(axes) != data.ndim
+        or set(axes) - _OME_AXES
+        or len(set(axes)) != len(axes)
+        or not axes.endswith("YX")
+    ):
         raise DeconflowError(
             f"Cannot write axes {axes!r} for a {data.ndim}D array as OME-TIFF; give one letter "
-            "per dimension from T, C, Z, ending in YX."
+            "per dimension from T, C, Z (each at most once), ending in YX."
         )
     metadata: dict[str, Any] = {"axes": axes}
     if voxel_size_um is not None:
