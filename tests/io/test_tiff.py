@@ -310,3 +310,17 @@ def test_ome_writer_refuses_a_repeated_axis(tmp_path):
     with pytest.raises(DeconflowError, match="Cannot write axes 'ZZYX'"):
         write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((2, 3, 4, 5)), axes="ZZYX")
     assert not list(tmp_path.iterdir())
+
+
+def test_imagej_units_of_y_and_z_that_differ_from_x(tmp_path):
+    # ImageJ writes "yunit"/"zunit" when an axis has its own unit; reading the z step of
+    # 300 nm as 300 µm made the stack a thousand times too deep
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 5, 6), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.1, 1 / 100.0),
+        metadata={"axes": "ZYX", "unit": "micron", "yunit": "nm", "zunit": "nm", "spacing": 300},
+    )
+    np.testing.assert_allclose(read_tiff(path).voxel_size_um, (0.3, 0.1, 0.1))

@@ -96,9 +96,12 @@ def _ome_voxel_size(ome_xml: str) -> tuple[float | None, float | None, float | N
     return None, None, None
 
 
-def _resolution_um(page: tifffile.TiffPage, scale: float) -> tuple[float | None, float | None]:
+def _resolution_um(
+    page: tifffile.TiffPage, scales: tuple[float, float]
+) -> tuple[float | None, float | None]:
+    """Return the (y, x) pixel size from the resolution tags, in their units times ``scales``."""
     sizes: list[float | None] = []
-    for tag in ("YResolution", "XResolution"):
+    for tag, scale in zip(("YResolution", "XResolution"), scales, strict=True):
         value = page.tags.get(tag)
         if value is None:
             sizes.append(None)
@@ -149,12 +152,16 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 z, y, x = _ome_voxel_size(tif.ome_metadata)
             else:
                 meta = tif.imagej_metadata or {}
-                scale = _unit_scale(meta.get("unit", "um")) if meta else 1.0
+                unit = meta.get("unit", "um")
+                scale = _unit_scale(unit) if meta else 1.0
+                # ImageJ writes "yunit"/"zunit" only where an axis's unit is not "unit"
+                y_scale = _unit_scale(meta.get("yunit", unit)) if meta else 1.0
                 # a file's first page is always a full page, never a frame sharing tags
-                y, x = _resolution_um(cast(tifffile.TiffPage, tif.pages[0]), scale)
+                y, x = _resolution_um(cast(tifffile.TiffPage, tif.pages[0]), (y_scale, scale))
                 # ImageJ leaves out a z step of 1 (its default) even in a calibrated stack
                 spacing = meta.get("spacing", 1.0 if "unit" in meta else None)
-                z = None if spacing is None else _number(str(spacing)) * scale
+                z_scale = _unit_scale(meta.get("zunit", unit))
+                z = None if spacing is None else _number(str(spacing)) * z_scale
                 if not meta:
                     # plain TIFF: resolution tags in inches or cm say nothing about the sample
                     y = x = None
