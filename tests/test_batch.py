@@ -335,6 +335,8 @@ def test_config_file_and_argument_errors(tmp_path, psf_file, capsys):
         ([*base, "--workers", "2", "--scheduler", "tcp://x:1"], "not both"),
         ([*base, "--voxel-size", "1", "2", "3", "4"], "--voxel-size takes"),
         ([*base, "--config", str(tmp_path / "none.yaml")], "--write-config"),
+        ([*base, "--device", "gpu"], "Unknown device 'gpu'"),
+        (["batch", str(source), "--psf", str(tmp_path), "-o", str(out)], "is a folder"),
     ]:
         assert main(args) == 2, args
         err = capsys.readouterr().err

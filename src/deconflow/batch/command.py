@@ -89,6 +89,10 @@ def _check_args(args: argparse.Namespace) -> None:
             "Give --workers (a local cluster) or --scheduler (an existing one), not both."
         )
     for psf in args.psf:
+        if psf.is_dir():
+            raise DeconflowError(
+                f"--psf {psf} is a folder; give the PSF's TIFF file (one --psf per channel)."
+            )
         if not psf.is_file():
             raise DeconflowError(f"No such PSF file: {psf}. Check the path.")
 
