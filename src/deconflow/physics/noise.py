@@ -24,6 +24,10 @@ _OUT_OF_BAND_OTF = 3e-3
 #: Reflected margin (voxels per face) that keeps the stack's faces out of the high-pass.
 _OUT_OF_BAND_PAD = 16
 
+#: Integer ceilings of 8- to 16-bit cameras: a maximum held by several voxels at one of
+#: them is saturation (as in :func:`deconflow.psf.measured.find_saturation`).
+_CAMERA_CEILINGS = tuple(2**b - 1 for b in (8, 10, 12, 14, 16))
+
 
 def _out_of_band_power(arr: np.ndarray, psf: np.ndarray) -> np.ndarray | None:
     """Per-voxel noise power from the frequencies the PSF does not pass; ``None`` if too few.
@@ -240,7 +244,9 @@ def estimate_camera_noise(
     30-200 % high, and picking the flattest voxels of each bin instead biased it
     5 % low. A line
     ``Var = gain * mean + b`` is fitted through the bins, weighted by counts;
-    its slope is the gain. Offset and read noise are not separable from one
+    its slope is the gain. Voxels beside a camera ceiling (a maximum of 2^b - 1,
+    b = 8 ... 16, held by several voxels) are left out of the bins: clipped voxels hold
+    no noise. Offset and read noise are not separable from one
     line: the offset is the mean of the darkest neighbourhoods (right when
     part of the field is truly dark), unless given, and the read noise is the
     noise measured there.
@@ -293,18 +299,21 @@ def estimate_camera_noise(
     residual = _second_order_free_residual(arr).ravel()
     values = core.ravel()
     power = None if psf is None else _out_of_band_power(arr, psf)
+    # clipped voxels hold no noise and the residual jumps at their edges: 0.1 % of a stack
+    # at 65535 made the gain 30 % high, 3 % made it 4.5 times too high
+    usable = ~_near_saturation(arr)[interior].ravel()
     centres, variances, counts = [], [], []
     if power is not None:
         # the out-of-band power holds no signal: no flatness selection needed, and a
         # plain Gaussian mean tracks sharp peaks better than the hollow one
         smooth = ndimage.gaussian_filter(arr, (*in_plane, 2.0, 2.0))[interior].ravel()
         noise_power = power[interior].ravel()
-        for selected in _quantile_bins(smooth, bins):
+        for selected in _quantile_bins(smooth, bins, usable):
             centres.append(float(smooth[selected].mean()))
             variances.append(float(noise_power[selected].mean()))
             counts.append(int(selected.sum()))
     else:
-        for selected in _quantile_bins(hollow, bins):
+        for selected in _quantile_bins(hollow, bins, usable):
             centres.append(float(values[selected].mean()))
             variances.append(float(np.var(residual[selected])))
             counts.append(int(selected.sum()))
@@ -334,9 +343,24 @@ def estimate_camera_noise(
     return CameraNoise(gain=gain, offset=camera_offset, read_sigma=float(np.sqrt(read_variance)))
 
 
-def _quantile_bins(grouping: np.ndarray, bins: int) -> list[np.ndarray]:
-    """Masks of the quantile bins of ``grouping`` with >= 50 voxels (the top 2 % join the last)."""
-    edges = np.unique(np.quantile(grouping, np.linspace(0.0, 0.98, bins + 1)))
+def _near_saturation(arr: np.ndarray) -> np.ndarray:
+    """Voxels whose in-plane 3x3 neighbourhood holds a voxel at a camera's ceiling."""
+    top = float(arr.max())
+    clipped = arr == top
+    if top not in _CAMERA_CEILINGS or np.count_nonzero(clipped) < 2:
+        return np.zeros(arr.shape, dtype=bool)
+    footprint = np.ones((1,) * (arr.ndim - 2) + (3, 3), dtype=bool)
+    return ndimage.binary_dilation(clipped, structure=footprint)
+
+
+def _quantile_bins(grouping: np.ndarray, bins: int, usable: np.ndarray) -> list[np.ndarray]:
+    """Masks of the quantile bins of ``grouping[usable]`` with >= 50 voxels.
+
+    The top 2 % join the last bin; voxels outside ``usable`` are in none.
+    """
+    if not usable.any():
+        return []
+    edges = np.unique(np.quantile(grouping[usable], np.linspace(0.0, 0.98, bins + 1)))
     which = np.digitize(grouping, edges[1:-1])
-    masks = (which == b for b in range(len(edges) - 1))
+    masks = ((which == b) & usable for b in range(len(edges) - 1))
     return [selected for selected in masks if int(selected.sum()) >= 50]
