@@ -154,3 +154,13 @@ def test_big_endian_and_integer_psfs_give_the_native_float_operator():
     as_int = ConvolutionOperator(counts, x.shape, dtype=torch.float64)
     as_float = ConvolutionOperator(counts.astype(np.float64), x.shape, dtype=torch.float64)
     np.testing.assert_allclose(as_int.A(xo).numpy(), as_float.A(xo).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_psf_is_refused_instead_of_blurring_to_nan(bad):
+    psf = np.ones((3, 3, 3)) / 27.0
+    psf[1, 1, 1] = bad
+    with pytest.raises(DeconflowError, match=r"NaN or Inf.*finite PSF"):
+        ConvolutionOperator(psf, (8, 8, 8))
+    with pytest.raises(DeconflowError, match="empty"):
+        ConvolutionOperator(np.ones((0, 3)), (8, 8))

@@ -200,3 +200,20 @@ def test_saturated_voxels_do_not_inflate_the_gain(dtype):
     assert 0.005 < np.mean(image == 65535) < 0.05  # the premise: a few percent clipped
     noise = estimate_camera_noise(image)
     assert abs(noise.gain / gain - 1) < 0.1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_voxels_are_refused_not_returned_as_nan(bad):
+    rng = np.random.default_rng(13)
+    image = 100.0 + 2.0 * rng.poisson(20.0, (4, 32, 32)) + rng.normal(0.0, 2.0, (4, 32, 32))
+    image[0, 5, 5] = bad
+    for estimate in (estimate_camera_noise, estimate_background, estimate_noise_sigma):
+        with pytest.raises(DeconflowError, match=r"1 NaN or Inf values.*nan_to_num"):
+            estimate(image)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (5, 1, 100), (5, 100, 2)])
+def test_camera_noise_of_a_stack_too_thin_for_the_residual_names_the_fix(shape):
+    image = np.random.default_rng(14).poisson(10.0, shape).astype(np.float64)
+    with pytest.raises(DeconflowError, match=r"at least 3x3 in-plane.*give gain"):
+        estimate_camera_noise(image)

@@ -92,6 +92,12 @@ class ConvolutionOperator:
             raise DeconflowError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
         if boundary not in ("valid", "periodic"):
             raise DeconflowError(f"boundary must be 'valid' or 'periodic', got {boundary!r}.")
+        if psf_t.numel() == 0 or not bool(torch.isfinite(psf_t).all()):
+            raise DeconflowError(
+                f"The PSF (shape {tuple(psf_t.shape)}) is empty or holds NaN or Inf values, "
+                "which would make every blurred voxel NaN; pass a non-empty, finite PSF "
+                "(e.g. np.nan_to_num(psf))."
+            )
         psf_shape = tuple(int(s) for s in psf_t.shape)
         half = tuple(k // 2 for k in psf_shape)
         if boundary == "valid":

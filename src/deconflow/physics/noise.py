@@ -65,6 +65,18 @@ def _out_of_band_power(arr: np.ndarray, psf: np.ndarray) -> np.ndarray | None:
     return passed[(slice(pad, -pad),) * arr.ndim] ** 2 / share
 
 
+def _checked_stack(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as float64, raising if a NaN or Inf would turn every estimate NaN."""
+    arr = np.asarray(image, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise DeconflowError(
+            f"The image contains {bad} NaN or Inf values, which make the noise estimate NaN; "
+            "replace them (e.g. with np.nan_to_num or the background level) first."
+        )
+    return arr
+
+
 def _in_plane_residual(arr: np.ndarray) -> np.ndarray:
     """``y - mean of its 4 in-plane neighbours`` on interior voxels.
 
@@ -130,7 +142,7 @@ def estimate_background(image: np.ndarray) -> float:
     float
         Background level in the image's units.
     """
-    arr = np.asarray(image, dtype=np.float64)
+    arr = _checked_stack(image)
     neighbourhood = _hollow_mean(arr, (1.0, 2.0, 2.0)[-arr.ndim :])
     darkest = neighbourhood <= np.percentile(neighbourhood, _BACKGROUND_PERCENTILE)
     return float(arr[darkest].mean())
@@ -155,7 +167,7 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
         Noise standard deviation in the image's units (0 for a noiseless linear
         stack; the kinks of a piecewise-linear one leave a small positive value).
     """
-    arr = np.asarray(image, dtype=np.float64)
+    arr = _checked_stack(image)
     if arr.shape[-1] < 3 or arr.shape[-2] < 3:
         return float(np.std(arr))
     residual = _in_plane_residual(arr)
@@ -291,7 +303,12 @@ def estimate_camera_noise(
     CameraNoise
         The estimated model (gain >= 1e-6).
     """
-    arr = np.asarray(image, dtype=np.float64)
+    arr = _checked_stack(image)
+    if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 3:
+        raise DeconflowError(
+            f"The camera noise is estimated on a 2D or 3D stack at least 3x3 in-plane, got "
+            f"shape {arr.shape}; give gain, camera_offset and read_sigma instead."
+        )
     in_plane = (1.0,) * (arr.ndim - 2)
     interior = (..., slice(1, -1), slice(1, -1))
     hollow = _hollow_mean(arr, (*in_plane, 2.0, 2.0))[interior].ravel()
