@@ -136,3 +136,18 @@ def test_text_that_looks_like_an_exponent_number_stays_text(text):
 
     settings = DeconvolutionSettings(method="flow", flow=FlowDeconvolution(weights=text))
     assert DeconvolutionSettings.from_yaml(settings.to_yaml()).flow.weights == text
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("background: .inf", "background must be a finite number"),
+        ("memory_budget_gb: .inf", "memory_budget_gb must be a finite number"),
+        ("voxel_size_um: [.inf, 0.1, 0.1]", "finite, positive micrometres"),
+    ],
+)
+def test_infinite_values_are_refused_on_construction(text, fragment):
+    # before: accepted, to fail later (OverflowError from int(inf * 1e9) for the budget) or
+    # to deconvolve against an infinite background
+    with pytest.raises(DeconflowError, match=fragment):
+        DeconvolutionSettings.from_yaml(text)

@@ -192,9 +192,10 @@ class DeconvolutionSettings:
     def __post_init__(self) -> None:
         check_name("method", self.method, METHODS, METHOD_ALIASES)
         check_device_name(self.device)
-        if self.background is not None and not self.background >= 0:
+        if self.background is not None and not 0 <= self.background < np.inf:
             raise DeconflowError(
-                f"background must be >= 0 (or None to estimate it), got {self.background}."
+                f"background must be a finite number >= 0 in the image's units (or None to "
+                f"estimate it), got {self.background}."
             )
         if self.schema_version != SCHEMA_VERSION:
             raise DeconflowError(
@@ -206,15 +207,15 @@ class DeconvolutionSettings:
             raise DeconflowError(
                 f"tile_shape must be at least 8 voxels per axis, got {self.tile_shape}."
             )
-        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+        if self.memory_budget_gb is not None and not 0 < self.memory_budget_gb < np.inf:
             raise DeconflowError(
-                f"memory_budget_gb must be > 0 (or None for automatic), got "
+                f"memory_budget_gb must be a finite number > 0 (or None for automatic), got "
                 f"{self.memory_budget_gb}."
             )
         for name in ("voxel_size_um", "psf_voxel_size_um"):
             value = getattr(self, name)
-            if value is not None and any(not v > 0 for v in value):
-                raise DeconflowError(f"{name} must be positive micrometres, got {value}.")
+            if value is not None and any(not 0 < v < np.inf for v in value):
+                raise DeconflowError(f"{name} must be finite, positive micrometres, got {value}.")
         if (
             self.voxel_size_um is not None
             and self.psf_voxel_size_um is not None
