@@ -149,6 +149,8 @@ def test_sample_data_default_run(sample_image, sample_bead):
         ({"psf_voxel_size": (0.1, 0.1, 0.1)}, DeconflowError, "without voxel_size"),
         ({"background": -1.0}, DeconflowError, "background"),
         ({"device": "tpu"}, DeconflowError, "device"),
+        ({"method": "flow", "gain": float("inf")}, DeconflowError, "gain must be a finite"),
+        ({"method": "flow", "camera_offset": float("nan")}, DeconflowError, "camera_offset"),
     ],
 )
 def test_bad_options_raise_clear_errors(simulated, kwargs, error, fragment):

@@ -42,6 +42,8 @@ def test_poisson_minimum_is_at_the_data():
 def test_invalid_parameters():
     with pytest.raises(DeconflowError, match="sigma"):
         GaussianLikelihood(sigma=0.0)
+    with pytest.raises(DeconflowError, match="finite"):
+        GaussianLikelihood(sigma=float("inf"))
     with pytest.raises(DeconflowError, match="floor"):
         PoissonLikelihood(floor=0.0)
 

@@ -252,6 +252,7 @@ def test_default_regularization_follows_the_noise_to_signal_ratio():
         (lambda: RichardsonLucyTV(tv_weight=-1.0), "tv_weight"),
         (lambda: RichardsonLucyTV(spacing=(0.0, 1.0, 1.0)), "spacing"),
         (lambda: Wiener(regularization=0.0), "regularization"),
+        (lambda: Wiener(regularization=float("inf")), "finite number > 0"),
         (lambda: Wiener(iterations=-1), "iterations"),
     ],
 )

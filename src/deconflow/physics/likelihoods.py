@@ -8,6 +8,7 @@ gradient with respect to the object follows by the chain rule,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +62,10 @@ class GaussianLikelihood:
     sigma: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.sigma > 0:
-            raise DeconflowError(f"GaussianLikelihood sigma must be > 0, got {self.sigma}.")
+        if not 0 < self.sigma < math.inf:
+            raise DeconflowError(
+                f"GaussianLikelihood sigma must be a finite number > 0, got {self.sigma}."
+            )
 
     def value(self, y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """Return ``||mu - y||^2 / (2 sigma^2)``."""

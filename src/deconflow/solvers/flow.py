@@ -26,6 +26,7 @@ plus read noise, the variance-stabilised Gaussian likelihood).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -400,8 +401,15 @@ class FlowDeconvolution:
         check_precision(self.precision)
         for name in ("gain", "read_sigma"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise DeconflowError(f"{name} must be > 0 (or None to estimate it), got {value}.")
+            if value is not None and not 0 < value < math.inf:
+                raise DeconflowError(
+                    f"{name} must be a finite number > 0 (or None to estimate it), got {value}."
+                )
+        if self.camera_offset is not None and not math.isfinite(self.camera_offset):
+            raise DeconflowError(
+                f"camera_offset must be a finite number in ADU (or None to estimate it), got "
+                f"{self.camera_offset}."
+            )
         self.build_sampler()  # validates the sampler's own fields
 
     @property

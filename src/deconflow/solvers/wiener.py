@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -106,9 +107,10 @@ class Wiener(RunToEnd):
     def __post_init__(self) -> None:
         if self.iterations < 0:
             raise DeconflowError(f"iterations must be >= 0, got {self.iterations}.")
-        if self.regularization is not None and not self.regularization > 0:
+        if self.regularization is not None and not 0 < self.regularization < math.inf:
             raise DeconflowError(
-                f"regularization must be > 0 (or None for automatic), got {self.regularization}."
+                "regularization must be a finite number > 0 (or None for automatic), got "
+                f"{self.regularization}."
             )
 
     @property
