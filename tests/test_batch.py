@@ -16,6 +16,7 @@ import pytest
 import tifffile
 
 import deconflow
+from deconflow.batch.settings import build_settings
 from deconflow.cli import main
 from deconflow.config import DeconvolutionSettings
 from deconflow.io import read_ome_description, read_tiff
@@ -507,3 +508,18 @@ def test_a_provenance_record_given_as_config_is_named_as_such(tmp_path, psf_file
     err = capsys.readouterr().err
     assert "provenance record" in err and "'settings'" in err and "--write-config" in err, err
     assert "schema_version" not in err  # the old "Did you mean 'schema_version'?"
+
+
+def test_a_relative_weights_path_is_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    # Dask workers run in their own folders: "prior.pt" must name the client's file
+    config = tmp_path / "s.yaml"
+    config.write_text("method: flow\nflow:\n  weights: models/prior.pt\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    settings = build_settings(config)
+    assert settings.flow.weights == str(tmp_path / "models" / "prior.pt")
+    config.write_text("method: flow\nflow:\n  weights: ~/prior.pt\n")
+    assert build_settings(config).flow.weights == str(tmp_path / "home" / "prior.pt")
+    config.write_text(f"method: flow\nflow:\n  weights: {tmp_path / 'prior.pt'}\n")
+    assert build_settings(config).flow.weights == str(tmp_path / "prior.pt")
+    assert build_settings(None).flow.weights is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ def build_settings(
             )
         solver = dataclasses.replace(current, iterations=iterations)
         settings = dataclasses.replace(settings, **{section: solver})
+    weights = settings.flow.weights
+    if weights:
+        # a Dask worker runs in its own folder (and maybe as another user): a relative or
+        # ~ path would name another file there, or none. abspath, not resolve: a symlinked
+        # weights folder keeps the name the user gave
+        absolute = os.path.abspath(os.path.expanduser(weights))
+        if absolute != weights:
+            flow = dataclasses.replace(settings.flow, weights=absolute)
+            settings = dataclasses.replace(settings, flow=flow)
     return settings
 
 
