@@ -44,7 +44,7 @@ _UNIT_TO_UM = {
 
 @dataclass(frozen=True)
 class TiffImage:
-    """An image read from a TIFF file.
+    """An image read from a TIFF file or an OME-Zarr store.
 
     Attributes
     ----------
