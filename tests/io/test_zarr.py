@@ -262,3 +262,13 @@ def test_a_failed_write_leaves_nothing_and_keeps_an_existing_store(tmp_path, mon
     np.testing.assert_array_equal(read_ome_zarr(dest).data, old + 5)
     assert read_ome_zarr_description(dest) == {"run": "newer"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]
+
+
+def test_write_never_replaces_a_folder_that_is_not_a_store(tmp_path):
+    folder = tmp_path / "results.zarr"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(DeconflowError, match="is a folder but not a zarr store"):
+        write_ome_zarr(folder, np.zeros((2, 3, 4), np.float32), axes="ZYX")
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.zarr"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from deconflow._types import VoxelSize
 from deconflow.io._zarr import (
-    ZARR_MARKERS,
+    is_store,
     read_ome_zarr,
     read_ome_zarr_description,
     write_ome_zarr,
@@ -30,7 +30,7 @@ def is_zarr_path(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     if p.name.lower().endswith(".zarr"):
         return True
-    return p.is_dir() and any((p / marker).is_file() for marker in ZARR_MARKERS)
+    return is_store(p)
 
 
 def read_image(path: str | os.PathLike[str]) -> TiffImage:

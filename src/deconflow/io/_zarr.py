@@ -21,7 +21,13 @@ from deconflow.io._atomic import atomic_directory
 from deconflow.io._ngff import DEFAULT_AXES, image_attrs, parse_image
 from deconflow.io.tiff import TiffImage
 
-__all__ = ["ZARR_MARKERS", "read_ome_zarr", "read_ome_zarr_description", "write_ome_zarr"]
+__all__ = [
+    "ZARR_MARKERS",
+    "is_store",
+    "read_ome_zarr",
+    "read_ome_zarr_description",
+    "write_ome_zarr",
+]
 
 #: Files at the top of a zarr store: v2 group / array / attributes, v3 node.
 ZARR_MARKERS = (".zgroup", ".zarray", ".zattrs", "zarr.json")
@@ -31,6 +37,11 @@ PROVENANCE_KEY = "deconflow"
 _CHUNK_BYTES = 4 << 20
 
 
+def is_store(path: Path) -> bool:
+    """Whether ``path`` is a folder with zarr metadata at its top."""
+    return path.is_dir() and any((path / marker).is_file() for marker in ZARR_MARKERS)
+
+
 def _open(path: Path) -> Any:
     """Open a store read-only as a zarr group or array (format detected from its files)."""
     import zarr
@@ -38,7 +49,7 @@ def _open(path: Path) -> Any:
 
     if not path.exists():
         raise DeconflowError(f"No such OME-Zarr store: {path}. Check the path.")
-    if not path.is_dir() or not any((path / marker).is_file() for marker in ZARR_MARKERS):
+    if not is_store(path):
         raise DeconflowError(
             f"{path} is not a zarr store (a folder with .zgroup/.zarray or zarr.json at its "
             "top); give an OME-Zarr image folder or a TIFF file."
@@ -237,6 +248,12 @@ def write_ome_zarr(
             )
         check_voxel_size(voxel_size_um, len(spatial), "voxel_size_um")
     dest = Path(path)
+    if dest.is_dir() and not is_store(dest):
+        # replacing it would delete a folder of other files, not an earlier output
+        raise DeconflowError(
+            f"{dest} is a folder but not a zarr store; deconflow replaces only earlier stores. "
+            "Choose another output path."
+        )
     attrs = image_attrs(axes, voxel_size_um, name=dest.name.split(".")[0])
     if description is not None:
         attrs[PROVENANCE_KEY] = _json_safe(description)
