@@ -254,3 +254,62 @@ def test_run_with_a_folder_as_output_says_to_name_a_file(tmp_path, capsys, monke
         err = capsys.readouterr().err
         assert "is a folder" in err and "confocal_grid_deconvolved.ome.tif" in err, err
     assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_run_reads_and_writes_ome_zarr(tmp_path, capsys):
+    from deconflow.batch.files import sha256_input
+    from deconflow.io import read_description, read_ome_zarr, write_ome_zarr
+
+    grid = read_tiff(SAMPLE_DATA / "confocal_grid.tif")
+    store = write_ome_zarr(
+        tmp_path / "grid.ome.zarr", grid.data, axes="ZYX", voxel_size_um=grid.voxel_size_um
+    )
+    before = sha256_input(store)
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    options = ["--method", "wiener", "--device", "cpu", "-q"]
+    out = tmp_path / "out" / "grid_wiener.ome.zarr"
+    assert main(["run", str(store), "--psf", psf, "-o", str(out), *options]) == 0
+    # the same run from the TIFF: reading the store changes nothing downstream
+    tiff_out = tmp_path / "tiff" / "grid_wiener.ome.tif"  # its own folder: same record name
+    tiff_args = ["run", str(SAMPLE_DATA / "confocal_grid.tif"), "--psf", psf]
+    assert main([*tiff_args, "-o", str(tiff_out), *options]) == 0
+    result = read_ome_zarr(out)
+    assert result.axes == "ZYX" and result.data.dtype == np.float32
+    np.testing.assert_allclose(result.voxel_size_um, grid.voxel_size_um, rtol=1e-6)
+    np.testing.assert_array_equal(result.data, read_tiff(tiff_out).data)
+    record = json.loads((tmp_path / "out" / "grid_wiener.json").read_text())
+    assert read_description(out) == record
+    assert record["input"]["sha256"] == before and record["method"] == "wiener"
+    assert sha256_input(store) == before
+    assert main(["run", str(store), "--psf", psf, "-o", str(out), *options]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["run", str(store), "--psf", psf, "-o", str(out), "--overwrite", *options]) == 0
+    inside = store / "deconvolved.ome.zarr"
+    assert main(["run", str(store), "--psf", psf, "-o", str(inside), *options]) == 2
+    assert "inputs are never written" in capsys.readouterr().err
+    assert sha256_input(store) == before and not inside.exists()
+    # a plain folder is named as such (before any hashing of its files)
+    (tmp_path / "folder").mkdir()
+    code = main(["run", str(tmp_path / "folder"), "--psf", psf, "-o", str(tmp_path / "f.tif")])
+    assert code == 2 and "not an OME-Zarr store" in capsys.readouterr().err
+
+
+def test_run_a_hyperstack_into_ome_zarr_writes_ngff_axis_order(tmp_path):
+    from deconflow.io import read_ome_zarr
+
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(
+        image,
+        np.random.default_rng(0).poisson(10.0, (6, 2, 20, 20)).astype(np.uint16),
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "um"},
+    )
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    options = ["--iterations", "2", "--psf-voxel-size", "0.125", "0.0225", "0.0225", "-q"]
+    for name in ("cells.ome.zarr", "cells.ome.tif"):
+        assert main(["run", str(image), "--psf", psf, "-o", str(tmp_path / name), *options]) == 0
+    store, tiff = read_ome_zarr(tmp_path / "cells.ome.zarr"), read_tiff(tmp_path / "cells.ome.tif")
+    assert store.axes == "CZYX" and tiff.axes == "ZCYX"
+    np.testing.assert_allclose(store.voxel_size_um, (0.3, 0.1, 0.1), rtol=1e-6)
+    np.testing.assert_array_equal(store.data, np.moveaxis(tiff.data, 1, 0))

@@ -180,6 +180,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from deconflow.io._zarr import is_store
+
     image_path: Path = args.image.resolve()
     output: Path = args.output.resolve()
     if output in (image_path, args.psf.resolve()):
@@ -187,7 +189,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"The output path {output} is an input file; choose another output path "
             "(inputs are never overwritten)."
         )
-    if output.is_dir():  # --overwrite cannot replace a folder: it would fail after the run
+    # an OME-Zarr output is a folder, which --overwrite replaces whole; any other folder
+    # is not replaced: the write would fail after the run
+    if output.is_dir() and not is_store(output):
         from deconflow.batch.files import output_for
 
         raise DeconflowError(
@@ -211,11 +215,17 @@ def register(subparsers: Any) -> None:
     add_common_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)
 
-    run = subparsers.add_parser("run", help="deconvolve one TIFF stack or hyperstack")
-    run.add_argument("image", type=Path, help="input TIFF / OME-TIFF (Z, CZ, TZ or TCZ axes)")
+    run = subparsers.add_parser("run", help="deconvolve one TIFF or OME-Zarr stack or hyperstack")
+    run.add_argument(
+        "image", type=Path, help="input TIFF / OME-TIFF / OME-Zarr (Z, CZ, TZ or TCZ axes)"
+    )
     run.add_argument("--psf", type=Path, required=True, help="bead stack or PSF TIFF")
     run.add_argument(
-        "-o", "--output", type=Path, required=True, help="output OME-TIFF path (float32)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output path (float32): OME-Zarr if it ends in .zarr, else OME-TIFF",
     )
     add_voxel_arguments(run)
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -15,6 +15,8 @@ __all__ = ["EXIT_FILES_FAILED", "register"]
 
 #: Exit status when some files failed (the others were still processed).
 EXIT_FILES_FAILED = 3
+#: ``--output-format`` choices; OME-TIFF stays the default so earlier outputs still resume.
+_OUTPUT_FORMATS = ("ome-tiff", "ome-zarr")
 
 
 def register(subparsers: Any) -> None:
@@ -25,15 +27,19 @@ def register(subparsers: Any) -> None:
         "batch",
         help="deconvolve many files (resumable; in parallel with Dask)",
         description=(
-            "Deconvolve TIFF / ImageJ hyperstack / OME-TIFF files (Z, CZ, TZ, TCZ axes) into "
-            "OME-TIFF float32 with a provenance record. Finished outputs with the same "
+            "Deconvolve TIFF / ImageJ hyperstack / OME-TIFF files and OME-Zarr stores (Z, CZ, "
+            "TZ, TCZ axes) into OME-TIFF (or OME-Zarr) float32 with a provenance record. "
+            "Finished outputs with the same "
             "settings and inputs are skipped, so re-running resumes an interrupted batch. "
             f"Exit status: 0 all files succeeded, {EXIT_FILES_FAILED} some failed, "
             "2 bad arguments, 130 interrupted."
         ),
     )
     batch.add_argument(
-        "inputs", nargs="*", metavar="INPUT", help="TIFF files, folders or quoted globs"
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="TIFF files, OME-Zarr stores (.zarr folders), folders of them or quoted globs",
     )
     batch.add_argument(
         "--psf",
@@ -43,6 +49,13 @@ def register(subparsers: Any) -> None:
         help="bead stack or PSF TIFF; repeat once per channel for a PSF per channel",
     )
     batch.add_argument("-o", "--out", type=Path, default=None, help="output folder")
+    batch.add_argument(
+        "--output-format",
+        choices=_OUTPUT_FORMATS,
+        default="ome-tiff",
+        help="ome-tiff (default: NAME_deconvolved.ome.tif) or ome-zarr (NAME_deconvolved.ome.zarr, "
+        "NGFF 0.4, single scale)",
+    )
     add_voxel_arguments(batch)
     batch.add_argument(
         "--workers",
@@ -100,7 +113,12 @@ def _check_args(args: argparse.Namespace) -> None:
 def run_batch_command(args: argparse.Namespace) -> int:
     """Run ``deconflow batch`` with parsed arguments; returns the exit status."""
     from deconflow._version import __version__
-    from deconflow.batch.files import expand_inputs, remove_partials
+    from deconflow.batch.files import (
+        OUTPUT_SUFFIX,
+        ZARR_OUTPUT_SUFFIX,
+        expand_inputs,
+        remove_partials,
+    )
     from deconflow.batch.runner import (
         close_log,
         format_summary,
@@ -128,7 +146,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
     _check_args(args)
     out_dir: Path = args.out.expanduser().resolve()
     psfs = tuple(str(p.expanduser().resolve()) for p in args.psf)
-    pairs = expand_inputs(args.inputs, out_dir, exclude=[Path(p) for p in psfs])
+    pairs = expand_inputs(
+        args.inputs,
+        out_dir,
+        exclude=[Path(p) for p in psfs],
+        output_suffix=ZARR_OUTPUT_SUFFIX if args.output_format == "ome-zarr" else OUTPUT_SUFFIX,
+    )
     jobs = [
         FileJob(
             str(source),

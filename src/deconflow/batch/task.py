@@ -25,10 +25,12 @@ import numpy as np
 
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
-from deconflow.batch.files import record_for, sha256_file
+from deconflow.batch.files import check_output_apart, record_for, sha256_file, sha256_input
 from deconflow.batch.settings import resolve_voxel_sizes
 from deconflow.config import DeconvolutionSettings
 from deconflow.io._atomic import atomic_destination
+from deconflow.io._dispatch import is_zarr_path
+from deconflow.io._zarr import is_store
 
 if TYPE_CHECKING:
     from deconflow.hyperstack import HyperstackResult
@@ -102,7 +104,9 @@ def resume_key(job: FileJob, input_sha256: str, psf_sha256: list[str]) -> str:
 
     The device is left out: a run started on a GPU may be finished on the CPU
     without redoing the files already written. Voxel sizes read from the files
-    are covered by the file hashes.
+    are covered by the file hashes. An OME-Zarr output adds its format, so its
+    record (same name as an OME-TIFF's) is never taken for the TIFF's; OME-TIFF
+    keys are as before.
     """
     settings = job.settings.to_dict()
     settings.pop("device", None)
@@ -114,6 +118,8 @@ def resume_key(job: FileJob, input_sha256: str, psf_sha256: list[str]) -> str:
         "psf_sha256": psf_sha256,
         "weights_sha256": weights_sha256(job.settings),
     }
+    if is_zarr_path(job.output):
+        payload["output_format"] = "ome-zarr"
     text = json.dumps(payload, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -156,12 +162,12 @@ def _deconvolve(
 ) -> str:
     from deconflow import __version__
     from deconflow.hyperstack import iter_deconvolve_hyperstack
-    from deconflow.io import read_tiff, write_ome_tiff
+    from deconflow.io import read_image, read_tiff, write_image
     from deconflow.pipeline import Progress, iter_deconvolve
 
     started = _now()
     source, output = Path(job.source), Path(job.output)
-    image = read_tiff(source)
+    image = read_image(source)
     psfs = [read_tiff(p) for p in job.psfs]
     psf_voxels = {p.voxel_size_um for p in psfs}
     if len(psf_voxels) > 1 and job.psf_voxel_size_um is None:
@@ -211,8 +217,11 @@ def _deconvolve(
             status(event.message)
     if result is None:  # the engine always ends with a result
         raise RuntimeError("the deconvolution ended without a result")
-    # back to the input's axis order, so the output reads like the input
-    restored = np.ascontiguousarray(np.transpose(result.image, np.argsort(order)))
+    # back to the input's axis order, so the output reads like the input; NGFF fixes the
+    # order (T, C, Z, Y, X), so an OME-Zarr output keeps the canonical one
+    out_axes = canonical if is_zarr_path(output) else image.axes
+    out_order = np.argsort(order) if out_axes == image.axes else np.arange(len(order))
+    restored = np.ascontiguousarray(np.transpose(result.image, out_order))
     provenance: dict[str, Any] = {
         **result.provenance(),
         "deconflow_version": __version__,
@@ -228,20 +237,20 @@ def _deconvolve(
             "voxel_size_um": image.voxel_size_um,
         },
         "psf_files": [{"path": p, "sha256": h} for p, h in zip(job.psfs, psf_sha256, strict=True)],
-        "output": {"path": str(output), "axes": image.axes, "dtype": "float32"},
+        "output": {"path": str(output), "axes": out_axes, "dtype": "float32"},
         "host": platform.node(),
         "started_utc": started,
         "finished_utc": _now(),
         "resume_key": key,
     }
-    write_ome_tiff(
+    write_image(
         output,
         restored.astype(np.float32, copy=False),
-        axes=image.axes,
+        axes=out_axes,
         voxel_size_um=settings.voxel_size_um,
         description=provenance,
     )
-    # the TIFF first: a kill between the two renames leaves a complete output whose
+    # the image first: a kill between the two renames leaves a complete output whose
     # embedded record lets the next run restore the JSON instead of redoing the work
     _write_record(output, provenance)
     return result.device
@@ -270,23 +279,27 @@ def process_file(
         ``done``, ``skipped`` (a finished output with the same resume key
         exists) or ``failed`` with a one-line message.
     """
-    from deconflow.io import read_ome_description
+    from deconflow.io import read_description
 
     start = time.perf_counter()
     source, output = Path(job.source), Path(job.output)
     try:
-        if output.resolve() == source.resolve() or str(output.resolve()) in job.psfs:
-            raise DeconflowError(f"The output {output} is an input file; inputs are never written.")
+        check_output_apart(output, source, [Path(p) for p in job.psfs])
+        if source.is_dir() and not is_store(source):  # before hashing a whole folder
+            raise DeconflowError(
+                f"{source} is a folder but not an OME-Zarr store; give a TIFF file or a .zarr "
+                "store (deconflow batch takes folders of them)."
+            )
         for path in (source, *map(Path, job.psfs)):
-            if not path.is_file():
+            if not (path.is_file() or (path == source and path.is_dir())):
                 raise DeconflowError(f"No such file: {path}. Check the path.")
-        input_sha256 = sha256_file(source)
+        input_sha256 = sha256_input(source)
         psf_sha256 = [sha256_file(Path(p)) for p in job.psfs]
         key = resume_key(job, input_sha256, psf_sha256)
-        existing = read_ome_description(output)
+        existing = read_description(output)
         if existing is not None and existing.get("resume_key") == key:
-            # a kill between the TIFF's and the record's rename of an --overwrite run
-            # leaves no record or the replaced output's: the TIFF's embedded one is right
+            # a kill between the image's and the record's rename of an --overwrite run
+            # leaves no record or the replaced output's: the image's embedded one is right
             if _record_key(output) != key:
                 _write_record(output, existing)
             return FileOutcome(
