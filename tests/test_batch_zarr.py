@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,38 @@ def test_zarr_and_tiff_outputs_have_different_resume_keys(tmp_path):
     store = FileJob("in.tif", "out/a_deconvolved.ome.zarr", ("psf.tif",), settings)
     keys = {resume_key(job, "0" * 64, ["1" * 64]) for job in (tiff, store)}
     assert len(keys) == 2
+
+
+def test_killed_zarr_batch_resumes_with_exactly_the_missing_outputs(tmp_path):
+    from .test_batch import _start_and_stop
+
+    data_dir = tmp_path / "data"
+    psf_file = write_imagej(tmp_path / "bead.tif", gaussian_psf(1.2), "ZYX", VOXEL)
+    # a is quick and b takes seconds, so the kill lands inside b; c is never started
+    shapes = {"a": (8, 32, 32), "b": (32, 256, 256), "c": (8, 32, 32)}
+    for seed, (name, shape) in enumerate(shapes.items()):
+        zarr_input(data_dir / f"{name}.ome.zarr", stack(shape, seed))
+    before = {p.name: sha256_input(p) for p in data_dir.iterdir()}
+    out = tmp_path / "out"
+    args = [str(data_dir), "--psf", str(psf_file), "-o", str(out), "--iterations", "10"]
+    args += ["--output-format", "ome-zarr", "--device", "cpu"]
+    code = _start_and_stop([*args, "-q"], out / "a_deconvolved.json", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    finished = {"a_deconvolved.ome.zarr", "a_deconvolved.json"}
+    assert {n for n in files_in(out) if not n.startswith(".")} == finished | {"deconflow-batch.log"}
+    stamp = (out / "a_deconvolved.ome.zarr" / ".zattrs").stat().st_mtime_ns
+
+    done = run_cli(*args[:-2])  # run_cli adds --device cpu
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[-1]: line.split()[0] for line in done.stdout.splitlines()[2:5]}
+    assert lines == {
+        "a_deconvolved.ome.zarr": "skipped",
+        "b_deconvolved.ome.zarr": "done",
+        "c_deconvolved.ome.zarr": "done",
+    }
+    assert (out / "a_deconvolved.ome.zarr" / ".zattrs").stat().st_mtime_ns == stamp
+    # b's half-written temporary store is gone, and every output is complete
+    expected = {f"{s}_deconvolved{e}" for s in "abc" for e in (".ome.zarr", ".json")}
+    assert files_in(out) == expected | {"deconflow-batch.log"}
+    assert deconflow.io.read_ome_zarr(out / "b_deconvolved.ome.zarr").data.shape == (32, 256, 256)
+    assert {p.name: sha256_input(p) for p in data_dir.iterdir()} == before
