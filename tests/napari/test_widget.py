@@ -557,3 +557,24 @@ def test_an_unknown_device_from_settings_is_an_error_not_auto(
     wait_idle(widget)
     assert len(errors) == 1 and "cuda" in errors[0]
     assert len(viewer.layers) == 2
+
+
+def test_a_layer_scaled_in_nanometres_gives_voxel_sizes_in_micrometres(
+    wait_idle, viewer_widget, simulated
+):
+    # a reader that keeps the file's units (OME-Zarr, bioio) gives scale (200, 80, 80) in nm
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    nm = tuple(1000 * s for s in SCALE)
+    image = viewer.add_image(measured, name="cells", scale=nm, units="nm")
+    viewer.add_image(psf, name="bead psf", scale=(100.0, 40.0, 40.0), units="nm")
+    # was (200, 80, 80) "µm": a thousand times too coarse, the PSF resampled to a point
+    assert widget.voxel.get(3) == pytest.approx(SCALE)
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04))
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    layer = viewer.layers["cells deconvolved (rl)"]
+    # the result keeps the input's units, or its scale of 200 would be 200 pixels
+    assert layer.units == image.units
+    np.testing.assert_allclose(layer.scale, image.scale)

@@ -49,7 +49,8 @@ class Placement:
 
     napari maps a data point ``p`` to ``affine(translate + rotate @ shear @ diag(scale) @ p)``;
     an output that copies all five overlays its input, a rotated or deskewed
-    (sheared) light-sheet stack included.
+    (sheared) light-sheet stack included. ``units`` are those the scale is in
+    (``None`` before napari 0.6, which has none).
     """
 
     scale: tuple[float, ...]
@@ -57,6 +58,7 @@ class Placement:
     rotate: np.ndarray
     shear: np.ndarray  # the full upper-triangular matrix
     affine: np.ndarray  # homogeneous, (ndim + 1) x (ndim + 1)
+    units: tuple[str, ...] | None = None
 
     @classmethod
     def of_layer(
@@ -79,6 +81,7 @@ class Placement:
             linear = rotate @ shear @ np.diag(scale)
             translate[keep] += linear[keep, keep] @ np.asarray(offset, dtype=float)
         homogeneous = [*range(first_axis, ndim), ndim]
+        units = getattr(layer, "units", None)
         return cls(
             scale=tuple(float(v) for v in scale[keep]),
             translate=tuple(float(v) for v in translate[keep]),
@@ -87,6 +90,7 @@ class Placement:
             affine=np.asarray(layer.affine.affine_matrix, dtype=float)[
                 np.ix_(homogeneous, homogeneous)
             ],
+            units=None if units is None else tuple(str(u) for u in units[keep]),
         )
 
     def apply_to(self, layer: Image) -> None:
@@ -96,16 +100,21 @@ class Placement:
         layer.rotate = self.rotate
         layer.shear = self.shear
         layer.affine = self.affine
+        if self.units is not None:
+            layer.units = self.units
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``viewer.add_image``."""
-        return {
+        kwargs: dict[str, Any] = {
             "scale": self.scale,
             "translate": self.translate,
             "rotate": self.rotate,
             "shear": self.shear,
             "affine": self.affine,
         }
+        if self.units is not None:
+            kwargs["units"] = self.units
+        return kwargs
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,24 @@ class _VoxelEdit(Container):
             box.value = float(value)
 
 
+def _scale_um(layer: Image) -> tuple[float, ...]:
+    """Return the spatial (last three, or two) scale factors of ``layer`` in µm.
+
+    napari's scale is in the layer's ``units``: a reader that keeps a file's nanometres
+    gives ``(200, 80, 80)``, which read as µm is a thousand times too coarse. Axes without
+    a length unit (napari's default, ``pixel``) are taken to be in µm already.
+    """
+    spatial = min(layer.ndim, 3)
+    units = getattr(layer, "units", None) or (None,) * layer.ndim  # napari < 0.6 has none
+    sizes = []
+    for value, unit in zip(layer.scale[-spatial:], units[-spatial:], strict=True):
+        size = float(value)
+        if unit is not None and (size * unit).check("[length]"):
+            size = float((size * unit).to("micrometer").magnitude)
+        sizes.append(size)
+    return tuple(sizes)
+
+
 def _image_layers(viewer: napari.viewer.Viewer, prefer: Sequence[str] = ()) -> list[Any]:
     layers = [layer for layer in viewer.layers if isinstance(layer, Image) and not layer.multiscale]
     if prefer:  # a PSF picker: deconflow's own outputs are never PSFs
@@ -223,13 +241,12 @@ class DeconvolutionWidget(Container):
         if layer is None:
             return
         self.axes.value = axes_for_ndim(layer.ndim)
-        spatial = min(layer.ndim, 3)
-        self.voxel.set(tuple(layer.scale[-spatial:]))
+        self.voxel.set(_scale_um(layer))
 
     def _on_psf_layer(self, layer: Image | None) -> None:
         if layer is not None and layer is not self._psf_voxel_source:
             self._psf_voxel_source = layer
-            scale = tuple(float(v) for v in layer.scale[-min(layer.ndim, 3) :])
+            scale = _scale_um(layer)
             # napari gives a layer added without a voxel size a scale of 1 on every axis. No
             # PSF is sampled at 1 µm, so such a layer is taken at the image's voxel size, as
             # a PSF file without voxel metadata is (and as the CLI takes one)
