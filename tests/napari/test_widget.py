@@ -578,3 +578,21 @@ def test_a_layer_scaled_in_nanometres_gives_voxel_sizes_in_micrometres(
     # the result keeps the input's units, or its scale of 200 would be 200 pixels
     assert layer.units == image.units
     np.testing.assert_allclose(layer.scale, image.scale)
+
+
+@pytest.mark.parametrize(
+    ("labels", "axes"),
+    [
+        (("t", "z", "y", "x"), "TZYX"),  # was CZYX: the time points taken for channels
+        (("time", "channel", "z", "y", "x"), "TCZYX"),
+        (("c", "y", "x"), "CYX"),  # was ZYX: two colours deconvolved as two planes
+        (("-4", "-3", "-2", "-1"), "CZYX"),  # napari's default labels: guessed by ndim
+        (("a", "b", "y", "x"), "CZYX"),  # labels that are not axes: guessed by ndim
+    ],
+)
+def test_axes_follow_the_layer_axis_labels(viewer_widget, simulated, labels, axes):
+    viewer, widget = viewer_widget
+    shape = (2, 3, 8, 16, 16)[-len(labels) :]
+    layer = viewer.add_image(np.zeros(shape, np.float32), name="stack", axis_labels=labels)
+    widget.image.value = layer
+    assert widget.axes.value == axes

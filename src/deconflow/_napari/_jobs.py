@@ -18,7 +18,7 @@ from napari.viewer import Viewer
 
 from deconflow._errors import DeconflowError
 from deconflow.config import DeconvolutionSettings
-from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack
+from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack, split_axes
 from deconflow.io import read_tiff
 from deconflow.pipeline import Progress, Result, iter_deconvolve
 
@@ -27,6 +27,7 @@ __all__ = [
     "Job",
     "Placement",
     "axes_for_ndim",
+    "axes_of_layer",
     "contrast_limits",
     "crop_around",
     "output_name",
@@ -38,9 +39,37 @@ __all__ = [
 _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
 
 
+#: Axis labels readers give layers (napari's ``axis_labels``), by the letter they stand for.
+_LABEL_AXES = {
+    "t": "T",
+    "time": "T",
+    "c": "C",
+    "ch": "C",
+    "channel": "C",
+    "z": "Z",
+    "y": "Y",
+    "x": "X",
+}
+
+
 def axes_for_ndim(ndim: int) -> str:
     """Default axis letters of an ``ndim``-dimensional image layer."""
     return _DEFAULT_AXES.get(ndim, "")
+
+
+def axes_of_layer(layer: Image) -> str:
+    """Axis letters of ``layer``: from its axis labels when they name axes, else by its ndim.
+
+    A 4D layer is as often a time-lapse (TZYX) as a multichannel stack (CZYX); a reader
+    that labels the axes says which, where the number of dimensions cannot.
+    """
+    labels = [str(label).lower() for label in getattr(layer, "axis_labels", ())]
+    axes = "".join(_LABEL_AXES.get(label, "?") for label in labels)
+    try:
+        split_axes(axes, layer.ndim)
+    except DeconflowError:  # napari's default labels ("-3", ...) or ones that are not axes
+        return axes_for_ndim(layer.ndim)
+    return axes
 
 
 @dataclass(frozen=True, eq=False)

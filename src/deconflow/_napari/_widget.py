@@ -41,7 +41,7 @@ from deconflow._napari._jobs import (
     Failure,
     Job,
     Placement,
-    axes_for_ndim,
+    axes_of_layer,
     crop_around,
     run_events,
     show_result,
@@ -240,7 +240,7 @@ class DeconvolutionWidget(Container):
     def _on_image(self, layer: Image | None) -> None:
         if layer is None:
             return
-        self.axes.value = axes_for_ndim(layer.ndim)
+        self.axes.value = axes_of_layer(layer)
         self.voxel.set(_scale_um(layer))
 
     def _on_psf_layer(self, layer: Image | None) -> None:
@@ -329,7 +329,7 @@ class DeconvolutionWidget(Container):
         layer = self.image.value
         if layer is None:
             raise DeconflowError("Choose an image layer to deconvolve.")
-        axes = self.axes.value.strip().upper() or axes_for_ndim(layer.ndim)
+        axes = self.axes.value.strip().upper() or axes_of_layer(layer)
         leading, spatial = split_axes(axes, layer.ndim)
         settings = self.settings()
         psf: Any = None
