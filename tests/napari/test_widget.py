@@ -596,3 +596,21 @@ def test_axes_follow_the_layer_axis_labels(viewer_widget, simulated, labels, axe
     layer = viewer.add_image(np.zeros(shape, np.float32), name="stack", axis_labels=labels)
     widget.image.value = layer
     assert widget.axes.value == axes
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_an_rgb_layer_is_refused_with_a_message_naming_rgb(
+    wait_idle, viewer_widget, simulated, errors, preview
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    plane = (255 * measured[8] / measured[8].max()).astype(np.uint8)
+    rgb = viewer.add_image(np.stack([plane] * 3, axis=-1), name="screenshot", rgb=True)
+    viewer.add_image(psf[8], name="bead psf")
+    widget.image.value = rgb
+    _fast(widget, "rl")
+    widget.run(preview=preview)
+    wait_idle(widget)
+    # the preview was "ValueError: zip() argument 2 is longer than argument 1"
+    assert len(errors) == 1 and "RGB" in errors[0]
+    assert len(viewer.layers) == 2 and widget.run_button.enabled

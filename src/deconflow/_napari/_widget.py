@@ -329,6 +329,12 @@ class DeconvolutionWidget(Container):
         layer = self.image.value
         if layer is None:
             raise DeconflowError("Choose an image layer to deconvolve.")
+        if layer.rgb:  # its colour axis is not in layer.ndim: the axes and crop would not fit
+            raise DeconflowError(
+                f"Layer {layer.name!r} is an RGB picture, not a fluorescence stack. "
+                "Deconvolve the raw single-channel data, or split the colours into layers "
+                "(right-click the layer > Split RGB) and deconvolve each."
+            )
         axes = self.axes.value.strip().upper() or axes_of_layer(layer)
         leading, spatial = split_axes(axes, layer.ndim)
         settings = self.settings()
