@@ -614,3 +614,16 @@ def test_an_rgb_layer_is_refused_with_a_message_naming_rgb(
     # the preview was "ValueError: zip() argument 2 is longer than argument 1"
     assert len(errors) == 1 and "RGB" in errors[0]
     assert len(viewer.layers) == 2 and widget.run_button.enabled
+
+
+def test_choosing_the_image_moves_the_psf_picker_off_it(viewer_widget, simulated):
+    # the bead opened first: the image picker starts on it and the PSF picker, kept off the
+    # image, on the stack opened next
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    bead = viewer.add_image(psf, name="bead psf")  # no voxel size: taken at the image's
+    cells = viewer.add_image(measured, name="cells", scale=SCALE)
+    widget.image.value = cells
+    # was "cells": the stack deconvolved with itself as the PSF
+    assert widget.psf_layer.value is bead
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)

@@ -221,6 +221,9 @@ class DeconvolutionWidget(Container):
     def reset_choices(self, *_: Any) -> None:
         """Refresh the layer pickers; keep the PSF picker off the image being deconvolved."""
         super().reset_choices()
+        self._keep_psf_off_image()
+
+    def _keep_psf_off_image(self) -> None:
         if self.psf_layer.value is not None and self.psf_layer.value is self.image.value:
             others = [c for c in self.psf_layer.choices if c is not self.image.value]
             if others:  # PSF-like names come first in the choices
@@ -242,6 +245,8 @@ class DeconvolutionWidget(Container):
             return
         self.axes.value = axes_of_layer(layer)
         self.voxel.set(_scale_um(layer))
+        # after the voxel size: a PSF layer without one is then taken at this image's
+        self._keep_psf_off_image()
 
     def _on_psf_layer(self, layer: Image | None) -> None:
         if layer is not None and layer is not self._psf_voxel_source:
