@@ -364,6 +364,11 @@ def test_settings_round_trip_through_the_form(viewer_widget):
     widget.method_options["wiener"]["regularization"].value = "auto"
     assert widget.settings().wiener.regularization is None
     assert isinstance(widget.method_options["wiener"]["regularization"], LineEdit)
+    # a file's sections of the methods not chosen are loaded too, for a later switch
+    widget.method_options["rl-tv"]["tv_weight"].value = 0.05
+    widget.set_settings(dataclasses.replace(settings, method="rl"))
+    widget.method.value = "rl-tv"
+    assert widget.settings() == settings
 
 
 def test_a_small_background_of_a_float_image_survives_the_form(viewer_widget):

@@ -327,7 +327,10 @@ class DeconvolutionWidget(Container):
         if psf_voxel is not None:
             self.psf_voxel.set(psf_voxel)
         self.common_options.set_values(settings)
-        self.method_options[settings.method].set_values(settings.solver)
+        # every method's section, not only the chosen one: switching method afterwards shows
+        # the file's values for that method, not whatever the form held before
+        for method, options in self.method_options.items():
+            options.set_values(getattr(settings, METHODS[method]))
 
     # -- running ------------------------------------------------------------
     def _job(self, preview: bool) -> Job:
