@@ -7,31 +7,33 @@ GUI = ("napari", "PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy", "superqt", "mag
 FORBIDDEN = (*GUI, "matplotlib")
 
 
-def test_numerics_import_no_gui_or_plotting():
-    code = (
-        "import sys, deconflow, deconflow.physics, deconflow.psf, deconflow.solvers, "
-        "deconflow.pipeline, deconflow.io, deconflow.config, deconflow.cli\n"
-        f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
+def _assert_imports_leave_out(imports: str, modules: tuple[str, ...]) -> None:
+    """Run ``imports`` in a fresh interpreter; none of ``modules`` may end up loaded."""
+    check = f"bad = [m for m in {modules!r} if m in sys.modules]\nassert not bad, bad\n"
+    code = f"import sys\n{imports}\n{check}"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_numerics_import_no_gui_or_plotting():
+    _assert_imports_leave_out(
+        "import deconflow, deconflow.physics, deconflow.psf, deconflow.solvers, "
+        "deconflow.pipeline, deconflow.io, deconflow.config, deconflow.cli",
+        FORBIDDEN,
+    )
 
 
 def test_no_module_outside_napari_imports_gui():
     # every module, not only the public ones above: batch workers, hyperstack, priors and
     # the sample data run where no display (nor napari) is installed
-    code = (
-        "import importlib, pkgutil, sys, deconflow\n"
+    _assert_imports_leave_out(
+        "import importlib, pkgutil, deconflow\n"
         "names = [m.name for m in pkgutil.walk_packages(deconflow.__path__, 'deconflow.')]\n"
         "for name in names:\n"
         "    if not name.startswith('deconflow._napari'):\n"
-        "        importlib.import_module(name)\n"
-        f"bad = [m for m in {GUI!r} if m in sys.modules]\n"
-        "assert not bad, bad\n"
+        "        importlib.import_module(name)",
+        GUI,
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
 
 
 def test_public_api_is_small_and_typed():
