@@ -632,3 +632,29 @@ def test_choosing_the_image_moves_the_psf_picker_off_it(viewer_widget, simulated
     # was "cells": the stack deconvolved with itself as the PSF
     assert widget.psf_layer.value is bead
     assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+
+
+def test_a_multiscale_layer_is_deconvolved_at_full_resolution(wait_idle, viewer_widget, simulated):
+    # an OME-Zarr pyramid (napari-ome-zarr) opens as a multiscale layer: it was left out of
+    # the image picker, so "Choose an image layer" was all a user got
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    pyramid = [measured, measured[:, ::2, ::2]]
+    layer = viewer.add_image(pyramid, multiscale=True, name="pyramid", scale=SCALE)
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    assert layer in widget.image.choices
+    assert layer not in widget.psf_layer.choices
+    widget.image.value = layer
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    result = viewer.layers["pyramid deconvolved (rl)"]
+    expected = deconflow.deconvolve(measured, psf, voxel_size=SCALE, iterations=2)
+    np.testing.assert_allclose(result.data, expected, rtol=1e-4, atol=1e-4 * expected.max())
+    np.testing.assert_allclose(result.scale, SCALE)
+    widget.show_advanced.value = True
+    widget.preview_planes.value = 4
+    widget.preview_size.value = 16
+    widget.run(preview=True)
+    wait_idle(widget)
+    assert viewer.layers["pyramid preview (rl)"].data.shape == (4, 16, 16)

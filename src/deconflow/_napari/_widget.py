@@ -117,10 +117,21 @@ def _scale_um(layer: Image) -> tuple[float, ...]:
     return tuple(sizes)
 
 
+def _full_resolution(layer: Image) -> Any:
+    """Return the layer's data at full resolution: level 0 of a multiscale (pyramid) layer.
+
+    napari's data coordinates, scale and translate of a multiscale layer are level 0's, so
+    crops and placement computed for a single-scale layer apply unchanged.
+    """
+    return layer.data[0] if layer.multiscale else layer.data
+
+
 def _image_layers(viewer: napari.viewer.Viewer, prefer: Sequence[str] = ()) -> list[Any]:
-    layers = [layer for layer in viewer.layers if isinstance(layer, Image) and not layer.multiscale]
-    if prefer:  # a PSF picker: deconflow's own outputs are never PSFs
-        layers = [layer for layer in layers if "deconflow" not in layer.metadata]
+    layers = [layer for layer in viewer.layers if isinstance(layer, Image)]
+    if prefer:  # a PSF picker: deconflow's own outputs are never PSFs, nor are pyramids
+        layers = [
+            layer for layer in layers if "deconflow" not in layer.metadata and not layer.multiscale
+        ]
     # a PSF picker should not default to the image: layers named like a PSF go first
     layers.sort(key=lambda layer: not any(w in layer.name.lower() for w in prefer))
     return [(layer.name, layer) for layer in layers]
@@ -356,22 +367,23 @@ class DeconvolutionWidget(Container):
             raise DeconflowError("Choose a PSF layer (or load the PSF from a file).")
         else:
             psf = self.psf_layer.value.data
+        data = _full_resolution(layer)  # an OME-Zarr pyramid is deconvolved at level 0
         if not preview:
             placement = Placement.of_layer(layer)
-            return Job(layer.data, axes, psf, path, settings, layer.name, placement)
+            return Job(data, axes, psf, path, settings, layer.name, placement)
         # preview: the current T/C index and a small box around the view's centre
         centre = self._view_centre(layer)
-        shape = layer.data.shape
+        shape = data.shape
         index = tuple(int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, shape, strict=True))
         size = ([self.preview_planes.value] if len(spatial) == 3 else []) + [
             self.preview_size.value
         ] * 2
-        box = crop_around(layer.data.shape[len(leading) :], centre[len(leading) :], size)
+        box = crop_around(shape[len(leading) :], centre[len(leading) :], size)
         channel = index[leading.index("C")] if "C" in leading else None
         offset = [s.start for s in box]
         n = len(leading)
         return Job(
-            image=layer.data[index[:n] + box],
+            image=data[index[:n] + box],
             axes=spatial,
             psf=psf,
             psf_path=path,
