@@ -11,7 +11,13 @@ from scipy import ndimage
 from deconflow._errors import DeconflowError
 from deconflow.physics.blur import ConvolutionOperator
 
-__all__ = ["CameraNoise", "estimate_background", "estimate_camera_noise", "estimate_noise_sigma"]
+__all__ = [
+    "CameraNoise",
+    "estimate_background",
+    "estimate_camera_noise",
+    "estimate_noise_sigma",
+    "saturated_voxels",
+]
 
 #: Share (percent) of voxels with the darkest neighbourhoods that define the background.
 _BACKGROUND_PERCENTILE = 5.0
@@ -24,8 +30,7 @@ _OUT_OF_BAND_OTF = 3e-3
 #: Reflected margin (voxels per face) that keeps the stack's faces out of the high-pass.
 _OUT_OF_BAND_PAD = 16
 
-#: Integer ceilings of 8- to 16-bit cameras: a maximum held by several voxels at one of
-#: them is saturation (as in :func:`deconflow.psf.measured.find_saturation`).
+#: Integer ceilings of 8- to 16-bit cameras: a flat top at one of them is clipping.
 _CAMERA_CEILINGS = tuple(2**b - 1 for b in (8, 10, 12, 14, 16))
 
 
@@ -360,12 +365,27 @@ def estimate_camera_noise(
     return CameraNoise(gain=gain, offset=camera_offset, read_sigma=float(np.sqrt(read_variance)))
 
 
+def saturated_voxels(arr: np.ndarray) -> np.ndarray:
+    """Return the mask of voxels clipped at a camera's ceiling (all False when none are).
+
+    A single voxel at the maximum is a peak, not clipping; a flat top of two or more
+    voxels at 2^b - 1 (b = 8, 10, 12, 14, 16), or at an integer dtype's maximum, is.
+    """
+    top = float(arr.max())
+    ceilings = [float(c) for c in _CAMERA_CEILINGS]
+    if np.issubdtype(arr.dtype, np.integer):
+        ceilings.append(float(np.iinfo(arr.dtype).max))
+    clipped = arr == top
+    if top not in ceilings or np.count_nonzero(clipped) < 2:
+        return np.zeros(arr.shape, dtype=bool)
+    return clipped
+
+
 def _near_saturation(arr: np.ndarray) -> np.ndarray:
     """Voxels whose in-plane 3x3 neighbourhood holds a voxel at a camera's ceiling."""
-    top = float(arr.max())
-    clipped = arr == top
-    if top not in _CAMERA_CEILINGS or np.count_nonzero(clipped) < 2:
-        return np.zeros(arr.shape, dtype=bool)
+    clipped = saturated_voxels(arr)
+    if not clipped.any():
+        return clipped
     footprint = np.ones((1,) * (arr.ndim - 2) + (3, 3), dtype=bool)
     return ndimage.binary_dilation(clipped, structure=footprint)
 

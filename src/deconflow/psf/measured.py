@@ -32,6 +32,7 @@ from scipy import ndimage
 from deconflow._errors import DeconflowError, DeconflowWarning
 from deconflow._types import FloatArray, Shape, VoxelSize
 from deconflow._validate import check_voxel_size
+from deconflow.physics.noise import saturated_voxels
 
 __all__ = [
     "PreparedPSF",
@@ -46,8 +47,6 @@ __all__ = [
 #: A resampled PSF with more than this share of its light in one voxel is a point.
 _POINT_LIKE_SHARE = 0.8
 
-#: Integer ceilings of common camera bit depths; a flat top at one of them is clipping.
-_BIT_DEPTH_CEILINGS = tuple(2**b - 1 for b in (8, 10, 12, 14, 16))
 #: Smallest half-width (voxels) of the box in which the peak's centre of mass is measured.
 _COM_MIN_HALF_WIDTH = 2
 #: A voxel belongs to the PSF's support when its smoothed value exceeds this many noise sigmas.
@@ -213,12 +212,7 @@ def find_saturation(raw: np.ndarray) -> int:
     """
     if not np.issubdtype(raw.dtype, np.integer):
         return 0
-    peak = int(raw.max())
-    ceilings = {*_BIT_DEPTH_CEILINGS, int(np.iinfo(raw.dtype).max)}
-    if peak not in ceilings:
-        return 0
-    count = int(np.count_nonzero(raw == peak))
-    return count if count >= 2 else 0
+    return int(np.count_nonzero(saturated_voxels(raw)))
 
 
 def _half_max_width(line: FloatArray, peak: int) -> int:
