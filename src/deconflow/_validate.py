@@ -10,7 +10,7 @@ import numpy as np
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
 
-__all__ = ["as_float_image", "check_name", "check_voxel_size"]
+__all__ = ["as_float_image", "check_name", "check_voxel_size", "check_voxel_size_of_axes"]
 
 
 def check_name(
@@ -120,3 +120,19 @@ def check_voxel_size(voxel_size: Sequence[float] | None, ndim: int, what: str) -
     if any(not np.isfinite(v) or v <= 0 for v in values):
         raise DeconflowError(f"{what} must be positive micrometres, got {values}.")
     return values
+
+
+def check_voxel_size_of_axes(voxel_size: Sequence[float], axes: str, what: str) -> str:
+    """Validate a voxel size against a file's axis letters; return its spatial axes (z, y, x order).
+
+    Voxel sizes cover the spatial axes only; writers would otherwise store sizes that
+    read back as none (OME requires positive sizes) or on the wrong axes.
+    """
+    spatial = "".join(a for a in "ZYX" if a in axes)
+    if len(voxel_size) != len(spatial):
+        raise DeconflowError(
+            f"{what} {tuple(voxel_size)} does not match the spatial axes {spatial}; give one "
+            "size per spatial axis."
+        )
+    check_voxel_size(voxel_size, len(spatial), what)
+    return spatial

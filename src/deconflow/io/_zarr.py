@@ -16,7 +16,7 @@ import numpy as np
 
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
-from deconflow._validate import check_voxel_size
+from deconflow._validate import check_voxel_size_of_axes
 from deconflow.io._atomic import atomic_directory
 from deconflow.io._ngff import DEFAULT_AXES, image_attrs, parse_image
 from deconflow.io.tiff import TiffImage
@@ -240,13 +240,7 @@ def write_ome_zarr(
             "e.g. 'CZYX'. Transpose the array (numpy.moveaxis) to that order."
         )
     if voxel_size_um is not None:
-        spatial = "".join(a for a in axes if a in "ZYX")
-        if len(voxel_size_um) != len(spatial):
-            raise DeconflowError(
-                f"voxel_size_um {tuple(voxel_size_um)} does not match the spatial axes "
-                f"{spatial}; give one size per spatial axis."
-            )
-        check_voxel_size(voxel_size_um, len(spatial), "voxel_size_um")
+        check_voxel_size_of_axes(voxel_size_um, axes, "voxel_size_um")
     dest = Path(path)
     if dest.is_dir() and not is_store(dest):
         # replacing it would delete a folder of other files, not an earlier output

@@ -13,7 +13,7 @@ import tifffile
 
 from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
-from deconflow._validate import check_voxel_size
+from deconflow._validate import check_voxel_size_of_axes
 from deconflow.io._atomic import atomic_destination
 
 __all__ = ["read_ome_description", "write_ome_tiff"]
@@ -73,15 +73,7 @@ def write_ome_tiff(
         )
     metadata: dict[str, Any] = {"axes": axes}
     if voxel_size_um is not None:
-        # voxel sizes cover the spatial axes only, in z, y, x order
-        spatial = [a for a in "ZYX" if a in axes]
-        if len(voxel_size_um) != len(spatial):
-            raise DeconflowError(
-                f"voxel_size_um {tuple(voxel_size_um)} does not match the spatial axes "
-                f"{''.join(spatial)}; give one size per spatial axis."
-            )
-        # OME requires positive sizes; anything else would read back as no voxel size
-        check_voxel_size(voxel_size_um, len(spatial), "voxel_size_um")
+        spatial = check_voxel_size_of_axes(voxel_size_um, axes, "voxel_size_um")
         for axis, size in zip(spatial, voxel_size_um, strict=True):
             metadata[f"PhysicalSize{axis}"] = float(size)
             metadata[f"PhysicalSize{axis}Unit"] = "µm"
