@@ -13,12 +13,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["FloatArray", "LinearOperator", "Shape", "VoxelSize"]
+__all__ = ["DEFAULT_AXES", "FloatArray", "LinearOperator", "Shape", "VoxelSize"]
 
 FloatArray: TypeAlias = npt.NDArray[np.floating]
 Shape: TypeAlias = tuple[int, ...]
 #: Voxel size in micrometres, ordered like the spatial axes: (z, y, x) or (y, x).
 VoxelSize: TypeAlias = tuple[float, ...]
+#: Axis letters of an image whose source names none (a napari layer, a plain zarr array),
+#: by its number of dimensions.
+DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
 
 
 @runtime_checkable

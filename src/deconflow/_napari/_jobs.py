@@ -17,6 +17,7 @@ from napari.layers import Image
 from napari.viewer import Viewer
 
 from deconflow._errors import DeconflowError
+from deconflow._types import DEFAULT_AXES
 from deconflow.config import DeconvolutionSettings
 from deconflow.hyperstack import HyperstackResult, iter_deconvolve_hyperstack, split_axes
 from deconflow.io import read_tiff
@@ -35,9 +36,6 @@ __all__ = [
     "show_result",
 ]
 
-#: Axis letters napari layers of each dimensionality get by default.
-_DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
-
 
 #: Axis labels readers give layers (napari's ``axis_labels``), by the letter they stand for.
 _LABEL_AXES = {
@@ -54,7 +52,7 @@ _LABEL_AXES = {
 
 def axes_for_ndim(ndim: int) -> str:
     """Default axis letters of an ``ndim``-dimensional image layer."""
-    return _DEFAULT_AXES.get(ndim, "")
+    return DEFAULT_AXES.get(ndim, "")
 
 
 def axes_of_layer(layer: Image) -> str:

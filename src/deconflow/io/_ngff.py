@@ -16,12 +16,10 @@ from deconflow._errors import DeconflowError
 from deconflow._types import VoxelSize
 from deconflow.io.tiff import _unit_scale
 
-__all__ = ["DEFAULT_AXES", "NGFF_VERSION", "ImageMeta", "image_attrs", "parse_image"]
+__all__ = ["NGFF_VERSION", "ImageMeta", "image_attrs", "parse_image"]
 
 #: The NGFF version written (zarr format 2; the version most viewers read today).
 NGFF_VERSION = "0.4"
-#: Axes of an array without OME metadata, by its number of dimensions.
-DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}
 _AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 
 

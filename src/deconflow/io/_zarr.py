@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from deconflow._errors import DeconflowError
-from deconflow._types import VoxelSize
+from deconflow._types import DEFAULT_AXES, VoxelSize
 from deconflow._validate import check_voxel_size_of_axes
 from deconflow.io._atomic import atomic_directory
-from deconflow.io._ngff import DEFAULT_AXES, image_attrs, parse_image
+from deconflow.io._ngff import image_attrs, parse_image
 from deconflow.io.tiff import TiffImage
 
 __all__ = [
