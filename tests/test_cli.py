@@ -81,7 +81,7 @@ def test_run_one_file_and_refuse_to_overwrite_inputs(tmp_path, capsys):
         )
         == 2
     )
-    assert "never overwritten" in capsys.readouterr().err
+    assert "inputs are never written" in capsys.readouterr().err
     assert image.read_bytes() == before
 
 
@@ -288,6 +288,13 @@ def test_run_reads_and_writes_ome_zarr(tmp_path, capsys):
     assert main(["run", str(store), "--psf", psf, "-o", str(inside), *options]) == 2
     assert "inputs are never written" in capsys.readouterr().err
     assert sha256_input(store) == before and not inside.exists()
+    # an existing path inside the store: refused as part of the input, not "pass --overwrite"
+    inside_file = store / ".zattrs"
+    assert inside_file.is_file()
+    assert main(["run", str(store), "--psf", psf, "-o", str(inside_file), *options]) == 2
+    err = capsys.readouterr().err
+    assert "inputs are never written" in err and "--overwrite" not in err
+    assert sha256_input(store) == before
     # a plain folder is named as such (before any hashing of its files)
     (tmp_path / "folder").mkdir()
     code = main(["run", str(tmp_path / "folder"), "--psf", psf, "-o", str(tmp_path / "f.tif")])

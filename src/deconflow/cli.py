@@ -180,15 +180,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from deconflow.batch.files import check_output_apart
     from deconflow.io._zarr import is_store
 
     image_path: Path = args.image.resolve()
     output: Path = args.output.resolve()
-    if output in (image_path, args.psf.resolve()):
-        raise DeconflowError(
-            f"The output path {output} is an input file; choose another output path "
-            "(inputs are never overwritten)."
-        )
+    # first: an output inside an input store that exists must not be answered with
+    # "pass --overwrite", which would then replace part of the input
+    check_output_apart(output, image_path, [args.psf])
     # an OME-Zarr output is a folder, which --overwrite replaces whole; any other folder
     # is not replaced: the write would fail after the run
     if output.is_dir() and not is_store(output):
