@@ -15,8 +15,8 @@ maximum, for one PSF and the benchmark's three photon levels, with the loss
 
 Both are tested on 4 new benchmark volumes per photon level against the RL oracle on the
 raw ADU (as the flow benchmark's *RL (oracle)* column). The numbers in ``docs/prior.md``
-("Where the gap lies") are its output with ``--steps 600 --volumes 200`` (about 12 minutes
-per run on a 2-core CPU).
+("Where the gap lies") are its output with ``--steps 600 --volumes 200`` (12–18 minutes
+per run on a 2-core CPU, a third of it drawing the training set).
 
 Run: ``python benchmarks/bench_prior_ceiling.py --structure membranes --psf "widefield
 NA1.2" --train-on generator``.
