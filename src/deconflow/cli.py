@@ -180,19 +180,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from deconflow.batch.files import check_output_apart
+    from deconflow.batch.files import check_output_apart, output_for
     from deconflow.io._zarr import is_store
 
     image_path: Path = args.image.resolve()
     output: Path = args.output.resolve()
-    # first: an output inside an input store that exists must not be answered with
-    # "pass --overwrite", which would then replace part of the input
+    # first: an existing output inside an input store must not be answered with
+    # "pass --overwrite" for a path the run will refuse anyway
     check_output_apart(output, image_path, [args.psf])
     # an OME-Zarr output is a folder, which --overwrite replaces whole; any other folder
     # is not replaced: the write would fail after the run
     if output.is_dir() and not is_store(output):
-        from deconflow.batch.files import output_for
-
         raise DeconflowError(
             f"-o/--output takes a file path, but {output} is a folder; give a file name, "
             f"e.g. {output_for(image_path, output)} (deconflow batch takes an output folder)."
