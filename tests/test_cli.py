@@ -5,6 +5,7 @@ import sys
 import types
 
 import numpy as np
+import pytest
 import tifffile
 
 from deconflow import cli
@@ -299,6 +300,45 @@ def test_run_reads_and_writes_ome_zarr(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     code = main(["run", str(tmp_path / "folder"), "--psf", psf, "-o", str(tmp_path / "f.tif")])
     assert code == 2 and "not an OME-Zarr store" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape"), [("TCZYX", (2, 1, 6, 20, 20)), ("CZYX", (1, 6, 20, 20))]
+)
+def test_run_keeps_the_length_1_axes_of_an_ome_tiff(tmp_path, axes, shape):
+    # tifffile squeezes length-1 axes: a one-channel OME-TIFF was deconvolved as "TZYX" and
+    # its output written without the C axis (in another order, and none at all in OME-Zarr)
+    from deconflow.io import read_ome_zarr
+
+    image = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(
+        image,
+        np.random.default_rng(0).poisson(10.0, shape).astype(np.uint16),
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": axes, "PhysicalSizeZ": 0.3, "PhysicalSizeY": 0.1, "PhysicalSizeX": 0.1},
+    )
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    options = ["--iterations", "2", "--psf-voxel-size", "0.125", "0.0225", "0.0225", "-q"]
+    for name in ("cells_rl.ome.tif", "cells_rl.ome.zarr"):
+        assert main(["run", str(image), "--psf", psf, "-o", str(tmp_path / name), *options]) == 0
+
+    def layout(path):
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return series.get_axes(squeeze=False), series.get_shape(squeeze=False)
+
+    out = tmp_path / "cells_rl.ome.tif"
+    assert layout(out) == layout(image)
+    raw, result = read_tiff(image), read_tiff(out)
+    assert result.declared_axes == raw.declared_axes == "TCZYX"
+    # OME gives every image a SizeT: a CZYX file declares a length-1 T too
+    assert result.declared_shape == raw.declared_shape == (1,) * (5 - len(shape)) + shape
+    np.testing.assert_allclose(result.voxel_size_um, (0.3, 0.1, 0.1), rtol=1e-6)
+    assert read_ome_description(out)["output"]["axes"] == "TCZYX"
+    store = read_ome_zarr(tmp_path / "cells_rl.ome.zarr")
+    assert store.axes == "TCZYX" and store.data.shape == result.declared_shape
+    np.testing.assert_array_equal(store.data, result.data.reshape(result.declared_shape))
 
 
 def test_run_a_hyperstack_into_ome_zarr_writes_ngff_axis_order(tmp_path):

@@ -324,3 +324,56 @@ def test_imagej_units_of_y_and_z_that_differ_from_x(tmp_path):
         metadata={"axes": "ZYX", "unit": "micron", "yunit": "nm", "zunit": "nm", "spacing": 300},
     )
     np.testing.assert_allclose(read_tiff(path).voxel_size_um, (0.3, 0.1, 0.1))
+
+
+def _tifffile_layout(path):
+    """The axes and shape tifffile reads from a file, length-1 axes included."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return series.get_axes(squeeze=False), series.get_shape(squeeze=False)
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "declared", "declared_shape"),
+    [
+        ("TCZYX", (2, 1, 3, 4, 5), "TCZYX", (2, 1, 3, 4, 5)),
+        ("CZYX", (1, 3, 4, 5), "TCZYX", (1, 1, 3, 4, 5)),  # OME gives every image a SizeT
+        ("CTYX", (1, 2, 4, 5), "CTYX", (1, 2, 4, 5)),  # 2D, in the file's order
+    ],
+)
+def test_ome_tiff_keeps_its_length_1_axes(tmp_path, axes, shape, declared, declared_shape):
+    # tifffile squeezes length-1 axes: a one-channel OME-TIFF read as "ZYX", and its
+    # result was written without the C axis
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    path = tmp_path / "one_channel.ome.tif"
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata={"axes": axes})
+    image = read_tiff(path)
+    assert image.axes == "".join(a for a, n in zip(axes, shape) if n > 1 or a in "YX")
+    assert image.declared_axes == declared and image.declared_shape == declared_shape
+    # written back with the declared axes, the file has the input's layout
+    out = write_ome_tiff(
+        tmp_path / "out.ome.tif",
+        image.data.reshape(image.declared_shape),
+        axes=image.declared_axes,
+    )
+    assert _tifffile_layout(out) == _tifffile_layout(path)
+    np.testing.assert_array_equal(read_tiff(out).data, image.data)
+
+
+@pytest.mark.parametrize(("description", "declared"), [("", "ZYX"), ("channels=1\n", "ZCYX")])
+def test_imagej_hyperstack_declares_a_length_1_channel_only_by_name(
+    tmp_path, description, declared
+):
+    # ImageJ writes channels= only above 1: a one-channel hyperstack from Fiji is a Z stack
+    data = np.zeros((3, 4, 5), np.uint16)
+    text = f"ImageJ=1.54f\nimages=3\n{description}slices=3\nhyperstack=true\nmode=grayscale\n"
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, data, description=text, metadata=None, photometric="minisblack")
+    image = read_tiff(path)
+    assert image.axes == "ZYX" and image.declared_axes == declared
+
+
+def test_plain_tiff_declares_only_its_axes(tmp_path):
+    path = write_tiff(tmp_path / "a.tif", np.zeros((3, 4, 5), np.float32))
+    image = read_tiff(path)
+    assert image.declared_axes == image.axes == "ZYX" and image.declared_shape == (3, 4, 5)

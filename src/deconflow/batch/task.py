@@ -134,6 +134,13 @@ def _canonical_axes(axes: str, source: Path) -> str:
     return "".join(a for a in "TCZYX" if a in axes)
 
 
+def _to_axes(data: np.ndarray, axes: str, target: str) -> np.ndarray:
+    """Return ``data`` (axes ``axes``) with axes ``target``: reordered, missing ones of length 1."""
+    missing = "".join(a for a in target if a not in axes)
+    data = data.reshape(data.shape + (1,) * len(missing))
+    return np.transpose(data, [(axes + missing).index(a) for a in target])
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -217,11 +224,11 @@ def _deconvolve(
             status(event.message)
     if result is None:  # the engine always ends with a result
         raise RuntimeError("the deconvolution ended without a result")
-    # back to the input's axis order, so the output reads like the input; NGFF fixes the
-    # order (T, C, Z, Y, X), so an OME-Zarr output keeps the canonical one
-    out_axes = canonical if is_zarr_path(output) else image.axes
-    out_order = np.argsort(order) if out_axes == image.axes else np.arange(len(order))
-    restored = np.ascontiguousarray(np.transpose(result.image, out_order))
+    # back to the input's axes, length-1 T and C included, so the output reads like the
+    # input; NGFF fixes the order (T, C, Z, Y, X), so an OME-Zarr output keeps that one
+    declared = image.declared_axes
+    out_axes = _canonical_axes(declared, source) if is_zarr_path(output) else declared
+    restored = np.ascontiguousarray(_to_axes(result.image, canonical, out_axes))
     provenance: dict[str, Any] = {
         **result.provenance(),
         "deconflow_version": __version__,

@@ -49,17 +49,37 @@ class TiffImage:
     Attributes
     ----------
     data : numpy.ndarray
-        Pixel data as stored (dtype unchanged).
+        Pixel data as stored (dtype unchanged), without length-1 axes other
+        than those ``axes`` names.
     axes : str
         Axis letters of ``data`` (e.g. ``"ZYX"``, ``"CZYX"``).
     voxel_size_um : tuple of float or None
         Voxel size of the spatial axes (z, y, x) or (y, x) in micrometres,
         ``None`` when the file does not record it.
+    declared_axes : str
+        ``axes`` plus the length-1 T and C axes the file declares, in the
+        file's order: an OME-TIFF declares both (e.g. ``"TCZYX"`` for a
+        one-channel, one-time-point stack whose ``axes`` are ``"ZYX"``), an
+        ImageJ hyperstack those its description names (``channels=1``,
+        ``frames=1``; ImageJ itself writes them only above 1). Writing a result
+        with these axes (``data`` reshaped to :attr:`declared_shape`) keeps the
+        input's layout. Defaults to ``axes``.
     """
 
     data: np.ndarray
     axes: str
     voxel_size_um: VoxelSize | None
+    declared_axes: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.declared_axes:
+            object.__setattr__(self, "declared_axes", self.axes)
+
+    @property
+    def declared_shape(self) -> tuple[int, ...]:
+        """Shape of ``data`` with the declared length-1 axes put back, for ``declared_axes``."""
+        sizes = dict(zip(self.axes, self.data.shape, strict=True))
+        return tuple(sizes.get(a, 1) for a in self.declared_axes)
 
 
 def _unit_scale(unit: object) -> float:
@@ -111,6 +131,41 @@ def _resolution_um(
     return sizes[0], sizes[1]
 
 
+def _z_for_sequence(axes: str) -> str:
+    """Name the planes of a generic image sequence (``I``, ``Q``) of a 3D stack ``Z``."""
+    if "Z" in axes:
+        return axes
+    return axes.replace("I", "Z", 1) if "I" in axes else axes.replace("Q", "Z", 1)
+
+
+#: ImageJ's description keys for its hyperstack axes of length 1 that deconflow keeps.
+_IMAGEJ_KEYS = {"C": "channels", "T": "frames"}
+
+
+def _declared_axes(series: tifffile.TiffPageSeries, axes: str, imagej: dict[str, Any]) -> str:
+    """Return ``axes`` with the length-1 T and C axes the file declares put back in place.
+
+    tifffile squeezes length-1 axes out of a series, so a one-channel OME-TIFF read
+    as "ZYX" and its result was written without the C axis the input had. A length-1
+    Z stays out: a single plane is deconvolved, and written, as a 2D image.
+    """
+    if series.kind == "ome":
+        kept = set("TC")  # OME gives SizeT and SizeC for every image
+    elif series.kind == "imagej":
+        kept = {a for a, key in _IMAGEJ_KEYS.items() if key in imagej}
+    else:  # plain and shaped TIFFs name no axes of their own
+        return axes
+    full = _z_for_sequence(series.get_axes(squeeze=False).upper())
+    shape = series.get_shape(squeeze=False)
+    declared = "".join(
+        a for a, n in zip(full, shape, strict=True) if n > 1 or a in axes or a in kept
+    )
+    # only length-1 axes may differ, or the data would not fit the declared axes
+    if "".join(a for a in declared if a in axes) != axes or len(set(declared)) != len(declared):
+        return axes
+    return declared
+
+
 def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     """Read a TIFF, ImageJ hyperstack or OME-TIFF with its voxel size.
 
@@ -123,7 +178,9 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     -------
     TiffImage
         Data, axis letters and voxel size (from OME ``PhysicalSize*`` or the
-        ImageJ ``spacing``/``unit`` description plus resolution tags).
+        ImageJ ``spacing``/``unit`` description plus resolution tags). Length-1
+        axes are left out of ``data`` and ``axes``; the T and C ones the file
+        declares are kept in ``declared_axes``.
 
     Raises
     ------
@@ -144,10 +201,8 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 )
             series = tif.series[0]
             data = series.asarray()
-            axes = series.axes.upper() if series.axes else ""
-            if "Z" not in axes:
-                # generic image sequences ("I", "Q") of a 3D stack are its z planes
-                axes = axes.replace("I", "Z", 1) if "I" in axes else axes.replace("Q", "Z", 1)
+            axes = _z_for_sequence(series.axes.upper() if series.axes else "")
+            declared = _declared_axes(series, axes, tif.imagej_metadata or {})
             if tif.is_ome and tif.ome_metadata:
                 z, y, x = _ome_voxel_size(tif.ome_metadata)
             else:
@@ -185,7 +240,7 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
         voxel = None
     else:
         voxel = tuple(float(v) for v in values)  # type: ignore[arg-type]
-    return TiffImage(data=data, axes=axes, voxel_size_um=voxel)
+    return TiffImage(data=data, axes=axes, voxel_size_um=voxel, declared_axes=declared)
 
 
 def _imagej_dtype(data: np.ndarray) -> np.ndarray:
