@@ -341,6 +341,32 @@ def test_run_keeps_the_length_1_axes_of_an_ome_tiff(tmp_path, axes, shape):
     np.testing.assert_array_equal(store.data, result.data.reshape(result.declared_shape))
 
 
+def test_run_asks_for_the_z_step_an_ome_tiff_lacks(tmp_path, capsys):
+    # PhysicalSizeX/Y without PhysicalSizeZ read as no voxel size at all: the run took the
+    # PSF at the stack's own grid, silently, and dropped the pixel size the file records
+    in_plane = {"PhysicalSizeY": 0.1, "PhysicalSizeX": 0.1}
+    image = tmp_path / "cells.ome.tif"
+    data = np.random.default_rng(0).poisson(10.0, (6, 20, 20)).astype(np.uint16)
+    tifffile.imwrite(image, data, ome=True, metadata={"axes": "ZYX", **in_plane})
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    out = tmp_path / "cells_rl.ome.tif"
+    options = ["--iterations", "2", "-q"]
+    assert main(["run", str(image), "--psf", psf, "-o", str(out), *options]) == 2
+    err = capsys.readouterr().err
+    assert "cells.ome.tif" in err and "PhysicalSizeZ" in err, err
+    assert "--voxel-size Z 0.1 0.1" in err and not out.exists(), err
+    voxel = ["--voxel-size", "0.3", "0.1", "0.1"]
+    assert main(["run", str(image), "--psf", psf, "-o", str(out), *voxel, *options]) == 0
+    np.testing.assert_allclose(read_tiff(out).voxel_size_um, (0.3, 0.1, 0.1), rtol=1e-6)
+    # a PSF without its z step: needed to resample it to the image's voxel size
+    bead = tmp_path / "bead.ome.tif"
+    tifffile.imwrite(bead, read_tiff(psf).data, ome=True, metadata={"axes": "ZYX", **in_plane})
+    other = tmp_path / "other.ome.tif"
+    assert main(["run", str(image), "--psf", str(bead), "-o", str(other), *voxel, *options]) == 2
+    err = capsys.readouterr().err
+    assert "bead.ome.tif" in err and "--psf-voxel-size Z 0.1 0.1" in err, err
+
+
 def test_run_a_hyperstack_into_ome_zarr_writes_ngff_axis_order(tmp_path):
     from deconflow.io import read_ome_zarr
 

@@ -377,3 +377,23 @@ def test_plain_tiff_declares_only_its_axes(tmp_path):
     path = write_tiff(tmp_path / "a.tif", np.zeros((3, 4, 5), np.float32))
     image = read_tiff(path)
     assert image.declared_axes == image.axes == "ZYX" and image.declared_shape == (3, 4, 5)
+
+
+def test_ome_tiff_without_a_z_step_keeps_its_pixel_size(tmp_path):
+    # PhysicalSizeX/Y but no PhysicalSizeZ gave no voxel size at all, dropping what is known
+    path = tmp_path / "no_z.ome.tif"
+    meta = {"axes": "ZYX", "PhysicalSizeY": 65.0, "PhysicalSizeYUnit": "nm", "PhysicalSizeX": 0.065}
+    tifffile.imwrite(path, np.zeros((4, 5, 6), np.uint16), ome=True, metadata=meta)
+    image = read_tiff(path)
+    assert image.voxel_size_um is None  # a z step is never guessed
+    np.testing.assert_allclose(image.pixel_size_um, (0.065, 0.065))
+    # a single plane needs no z step
+    plane = tmp_path / "plane.ome.tif"
+    tifffile.imwrite(plane, np.zeros((5, 6), np.uint16), ome=True, metadata={**meta, "axes": "YX"})
+    np.testing.assert_allclose(read_tiff(plane).voxel_size_um, (0.065, 0.065))
+
+
+def test_pixel_size_comes_with_a_full_voxel_size(tmp_path, sample_image):
+    np.testing.assert_allclose(sample_image.pixel_size_um, sample_image.voxel_size_um[1:])
+    path = write_tiff(tmp_path / "a.tif", np.zeros((3, 4, 5), np.float32))
+    assert read_tiff(path).pixel_size_um is None

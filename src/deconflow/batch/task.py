@@ -34,6 +34,7 @@ from deconflow.io._zarr import is_store
 
 if TYPE_CHECKING:
     from deconflow.hyperstack import HyperstackResult
+    from deconflow.io import TiffImage
     from deconflow.pipeline import Result
 
 __all__ = ["FileJob", "FileOutcome", "process_file", "process_file_on_worker", "resume_key"]
@@ -134,6 +135,30 @@ def _canonical_axes(axes: str, source: Path) -> str:
     return "".join(a for a in "TCZYX" if a in axes)
 
 
+def _require_z_step(path: str | Path, image: TiffImage, flag: str, key: str) -> None:
+    """Refuse a 3D stack whose file records its pixel size but no z step.
+
+    Run without a voxel size, it would take the PSF at the stack's own grid and drop
+    the pixel size the file does record; the z step is one number the user knows.
+
+    Raises
+    ------
+    DeconflowError
+        Naming the file and the ``flag`` (or settings ``key``) to give, with the
+        file's pixel size filled in.
+    """
+    if image.voxel_size_um is not None or image.pixel_size_um is None:
+        return
+    if sum(1 for a in image.axes if a in "ZYX") < 3:
+        return
+    y, x = image.pixel_size_um
+    raise DeconflowError(
+        f"{Path(path).name} records its pixel size (y {y:g} µm, x {x:g} µm) but no z step "
+        f"(OME PhysicalSizeZ missing or unreadable); pass the z step with {flag} Z {y:g} "
+        f"{x:g} (Z in µm), or set {key}: [Z, {y:g}, {x:g}] in the settings file."
+    )
+
+
 def _to_axes(data: np.ndarray, axes: str, target: str) -> np.ndarray:
     """Return ``data`` (axes ``axes``) with axes ``target``: reordered, missing ones of length 1."""
     missing = "".join(a for a in target if a not in axes)
@@ -175,6 +200,8 @@ def _deconvolve(
     started = _now()
     source, output = Path(job.source), Path(job.output)
     image = read_image(source)
+    if job.voxel_size_um is None and job.settings.voxel_size_um is None:
+        _require_z_step(source, image, "--voxel-size", "voxel_size_um")
     psfs = [read_tiff(p) for p in job.psfs]
     psf_voxels = {p.voxel_size_um for p in psfs}
     if len(psf_voxels) > 1 and job.psf_voxel_size_um is None:
@@ -197,6 +224,10 @@ def _deconvolve(
         from_image=image.voxel_size_um,
         from_psf=psfs[0].voxel_size_um,
     )
+    # a PSF's voxel size is used only to resample it to the image's
+    if settings.voxel_size_um is not None and settings.psf_voxel_size_um is None:
+        for psf_path, psf in zip(job.psfs, psfs, strict=True):
+            _require_z_step(psf_path, psf, "--psf-voxel-size", "psf_voxel_size_um")
     canonical = _canonical_axes(image.axes, source)
     order = [image.axes.index(a) for a in canonical]
     data = np.transpose(image.data, order)

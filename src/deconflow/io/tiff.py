@@ -64,16 +64,27 @@ class TiffImage:
         ``frames=1``; ImageJ itself writes them only above 1). Writing a result
         with these axes (``data`` reshaped to :attr:`declared_shape`) keeps the
         input's layout. Defaults to ``axes``.
+    pixel_size_um : tuple of float or None
+        In-plane pixel size (y, x) in micrometres; known also where
+        ``voxel_size_um`` is ``None`` because the file records no z step (an
+        OME-TIFF with ``PhysicalSizeY``/``X`` but no ``PhysicalSizeZ``): give
+        the z step yourself, e.g. ``deconflow.deconvolve(image.data, psf,
+        voxel_size=(dz_um, *image.pixel_size_um))``.
+        Defaults to the last two entries of ``voxel_size_um``.
     """
 
     data: np.ndarray
     axes: str
     voxel_size_um: VoxelSize | None
     declared_axes: str = ""
+    pixel_size_um: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.declared_axes:
             object.__setattr__(self, "declared_axes", self.axes)
+        if self.pixel_size_um is None and self.voxel_size_um is not None:
+            y, x = self.voxel_size_um[-2:]
+            object.__setattr__(self, "pixel_size_um", (y, x))
 
     @property
     def declared_shape(self) -> tuple[int, ...]:
@@ -178,9 +189,10 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     -------
     TiffImage
         Data, axis letters and voxel size (from OME ``PhysicalSize*`` or the
-        ImageJ ``spacing``/``unit`` description plus resolution tags). Length-1
-        axes are left out of ``data`` and ``axes``; the T and C ones the file
-        declares are kept in ``declared_axes``.
+        ImageJ ``spacing``/``unit`` description plus resolution tags). A 3D
+        OME-TIFF without ``PhysicalSizeZ`` has no voxel size but keeps its
+        ``pixel_size_um``. Length-1 axes are left out of ``data`` and ``axes``;
+        the T and C ones the file declares are kept in ``declared_axes``.
 
     Raises
     ------
@@ -203,8 +215,10 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
             data = series.asarray()
             axes = _z_for_sequence(series.axes.upper() if series.axes else "")
             declared = _declared_axes(series, axes, tif.imagej_metadata or {})
-            if tif.is_ome and tif.ome_metadata:
-                z, y, x = _ome_voxel_size(tif.ome_metadata)
+            ome_xml = tif.ome_metadata if tif.is_ome else None
+            is_ome = bool(ome_xml)
+            if ome_xml:
+                z, y, x = _ome_voxel_size(ome_xml)
             else:
                 meta = tif.imagej_metadata or {}
                 unit = meta.get("unit", "um")
@@ -234,13 +248,25 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     except Exception as exc:  # a damaged file can fail anywhere inside tifffile
         raise DeconflowError(f"Could not read {p} as TIFF ({exc}); is the file complete?") from exc
     spatial = sum(1 for a in axes if a in "ZYX")
-    values = (z, y, x) if spatial >= 3 else (y, x)
-    voxel: VoxelSize | None
+    voxel = _sizes((z, y, x) if spatial >= 3 else (y, x))
+    # OME records each axis's size apart: without PhysicalSizeZ the pixel size is still
+    # known, and the z step is all a user has to add. ImageJ's resolution tags without
+    # a calibrated z say little (its "uncalibrated" stacks carry them too)
+    in_plane = _sizes((y, x)) if is_ome else None
+    return TiffImage(
+        data=data,
+        axes=axes,
+        voxel_size_um=voxel,
+        declared_axes=declared,
+        pixel_size_um=None if in_plane is None else (in_plane[0], in_plane[1]),
+    )
+
+
+def _sizes(values: tuple[float | None, ...]) -> VoxelSize | None:
+    """Return ``values`` as sizes in µm, or ``None`` when one is missing or not positive."""
     if any(v is None or not np.isfinite(v) or v <= 0 for v in values):
-        voxel = None
-    else:
-        voxel = tuple(float(v) for v in values)  # type: ignore[arg-type]
-    return TiffImage(data=data, axes=axes, voxel_size_um=voxel, declared_axes=declared)
+        return None
+    return tuple(float(v) for v in values)  # type: ignore[arg-type]
 
 
 def _imagej_dtype(data: np.ndarray) -> np.ndarray:
