@@ -483,6 +483,76 @@ def test_a_psf_layer_without_voxel_size_is_taken_at_the_image_voxel_size(viewer_
     assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04))
 
 
+OTHER = (0.3, 0.1, 0.1)  # another image's voxel size
+
+
+def _choose_psf(viewer, widget, psf, source, tmp_path, voxel_size_um=None) -> None:
+    """Take ``psf`` from a layer or a TIFF file, with or without a voxel size of its own."""
+    if source == "layer":
+        scale = voxel_size_um or (1.0, 1.0, 1.0)  # napari's default: no voxel size
+        widget.psf_layer.value = viewer.add_image(psf, name="bead psf", scale=scale)
+    else:
+        widget.psf_source.value = "file"
+        widget.psf_file.value = write_tiff(tmp_path / "bead.tif", psf, voxel_size_um=voxel_size_um)
+
+
+@pytest.mark.parametrize("source", ["layer", "file"])
+def test_a_psf_without_voxel_size_follows_the_image_voxel_size(
+    viewer_widget, simulated, tmp_path, source
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    _choose_psf(viewer, widget, psf, source, tmp_path)
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+    widget.image.value = viewer.add_image(measured, name="other cells", scale=OTHER)
+    # was SCALE: the PSF kept the first image's voxel size and was resampled wrongly
+    assert widget.psf_voxel.get(3) == pytest.approx(OTHER)
+    assert widget.settings().psf_voxel_size_um == pytest.approx(OTHER)
+    widget.voxel.set((0.25, 0.1, 0.1))  # the image's voxel size typed: the PSF's follows too
+    assert widget.psf_voxel.get(3) == pytest.approx((0.25, 0.1, 0.1))
+
+
+def test_a_typed_psf_voxel_size_stops_following_the_image(viewer_widget, simulated, tmp_path):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    _choose_psf(viewer, widget, psf, "layer", tmp_path)  # no voxel size: the image's
+    other = viewer.add_image(measured, name="other cells", scale=OTHER)
+    widget.image.value = other
+    assert widget.psf_voxel.get(3) == pytest.approx(OTHER)
+    widget.psf_voxel[0].native.setValue(0.15)  # as typing into the z box does
+    typed = (0.15, *OTHER[1:])
+    widget.image.value = viewer.layers["cells"]
+    assert widget.psf_voxel.get(3) == pytest.approx(typed)
+    assert widget.settings().psf_voxel_size_um == pytest.approx(typed)
+    # a PSF voxel size loaded from settings is the user's as well
+    loaded = DeconvolutionSettings(voxel_size_um=SCALE, psf_voxel_size_um=(0.25, 0.04, 0.04))
+    widget.set_settings(loaded)
+    widget.image.value = other
+    assert widget.psf_voxel.get(3) == pytest.approx((0.25, 0.04, 0.04))
+    # settings without one put the PSF at the image's voxel size, as the pipeline does
+    widget.set_settings(DeconvolutionSettings(voxel_size_um=SCALE))
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+    widget.voxel.set(OTHER)
+    assert widget.psf_voxel.get(3) == pytest.approx(OTHER)
+
+
+@pytest.mark.parametrize("source", ["layer", "file"])
+def test_a_psf_with_its_own_voxel_size_does_not_follow_the_image(
+    viewer_widget, simulated, tmp_path, source
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    _choose_psf(viewer, widget, psf, source, tmp_path, voxel_size_um=(0.1, 0.04, 0.04))
+    widget.image.value = viewer.add_image(measured, name="other cells", scale=OTHER)
+    assert widget.voxel.get(3) == pytest.approx(OTHER)
+    # a file's was SCALE: the layer picker, moved off the new image onto "cells", replaced
+    # the file's voxel size with that layer's although the PSF came from the file
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.04, 0.04), rel=1e-4)
+
+
 def test_a_typed_psf_voxel_size_survives_layers_being_added_or_removed(
     wait_idle, viewer_widget, simulated, tmp_path
 ):

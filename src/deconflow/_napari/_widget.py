@@ -161,6 +161,10 @@ class DeconvolutionWidget(Container):
         # pickers (any layer added or removed) re-emits the current choice, and that must not
         # overwrite a PSF voxel size the user typed or loaded with set_settings
         self._psf_voxel_source: object = None
+        # True while the PSF voxel size shown is the image's, taken for a PSF without voxel
+        # metadata: it then follows the image's, or choosing another image (or typing its
+        # voxel size) would leave the PSF resampled at the old image's voxels
+        self._psf_voxel_is_image_voxel = False
         self.image = ComboBox(label="Image", choices=lambda _: _image_layers(viewer))
         self.axes = LineEdit(label="Axes", tooltip="e.g. ZYX, CZYX, TCZYX")
         self.voxel = _VoxelEdit("Voxel zyx µm")
@@ -215,6 +219,8 @@ class DeconvolutionWidget(Container):
         self.psf_layer.changed.connect(self._on_psf_layer)
         self.psf_file.changed.connect(self._on_psf_file)
         self.psf_source.changed.connect(self._on_psf_source)
+        self.voxel.changed.connect(self._on_image_voxel)
+        self.psf_voxel.changed.connect(self._on_psf_voxel_typed)
         for widget in (self.psf_source, self.method, self.show_advanced, self.background_auto):
             widget.changed.connect(self._update_visibility)
         self.run_button.changed.connect(lambda: self.run())
@@ -260,15 +266,17 @@ class DeconvolutionWidget(Container):
         self._keep_psf_off_image()
 
     def _on_psf_layer(self, layer: Image | None) -> None:
+        # the picker moves when layers change (or to keep off the image) also while the PSF
+        # comes from a file: that file's voxel size must not be replaced by a layer's
+        if self.psf_source.value != "layer":
+            return
         if layer is not None and layer is not self._psf_voxel_source:
             self._psf_voxel_source = layer
             scale = _scale_um(layer)
             # napari gives a layer added without a voxel size a scale of 1 on every axis. No
             # PSF is sampled at 1 µm, so such a layer is taken at the image's voxel size, as
             # a PSF file without voxel metadata is (and as the CLI takes one)
-            if all(v == 1.0 for v in scale):
-                scale = self.voxel.get(len(scale))
-            self.psf_voxel.set(scale)
+            self._show_psf_voxel(None if all(v == 1.0 for v in scale) else scale)
 
     def _on_psf_source(self) -> None:
         # the PSF voxel size follows the source chosen, not the one looked at last
@@ -278,6 +286,8 @@ class DeconvolutionWidget(Container):
             self._on_psf_layer(self.psf_layer.value)
 
     def _on_psf_file(self, path: Any) -> None:
+        if self.psf_source.value != "file":  # _on_psf_source reads it when the source switches
+            return
         if not str(path) or not str(path).lower().endswith((".tif", ".tiff")):
             return
         if str(path) == self._psf_voxel_source:
@@ -290,7 +300,25 @@ class DeconvolutionWidget(Container):
         self._psf_voxel_source = str(path)
         # a file without voxel metadata is taken at the image's voxel size, as the CLI does;
         # keeping the sizes shown (the defaults or another PSF's) would resample it wrongly
-        self.psf_voxel.set(psf.voxel_size_um or self.voxel.get(3))
+        self._show_psf_voxel(psf.voxel_size_um)
+
+    def _show_psf_voxel(self, sizes: Sequence[float] | None) -> None:
+        """Show the PSF's own voxel size ``sizes``, or with ``None`` the image's from now on.
+
+        The boxes' ``changed`` signal is blocked so that this is not taken for the user's
+        typing, which ends the following of the image's voxel size.
+        """
+        with self.psf_voxel.changed.blocked():
+            self.psf_voxel.set(self.voxel.get(3) if sizes is None else sizes)
+        self._psf_voxel_is_image_voxel = sizes is None
+
+    def _on_image_voxel(self) -> None:
+        if self._psf_voxel_is_image_voxel:
+            self._show_psf_voxel(None)
+
+    def _on_psf_voxel_typed(self) -> None:
+        # a size the user typed is theirs: a later image (or its voxel size) must not replace it
+        self._psf_voxel_is_image_voxel = False
 
     # -- settings -----------------------------------------------------------
     def _spatial_ndim(self) -> int:
@@ -334,9 +362,12 @@ class DeconvolutionWidget(Container):
         self.prepare_psf.value = settings.prepare_psf
         if settings.voxel_size_um is not None:
             self.voxel.set(settings.voxel_size_um)
-        psf_voxel = settings.psf_voxel_size_um or settings.voxel_size_um  # None: the image's
-        if psf_voxel is not None:
-            self.psf_voxel.set(psf_voxel)
+        # the settings' PSF voxel size is the user's, not to be replaced by a later image's;
+        # without one the PSF is at the image's and follows it, as the pipeline takes None
+        if settings.psf_voxel_size_um is not None:
+            self.psf_voxel.set(settings.psf_voxel_size_um)
+        elif settings.voxel_size_um is not None:
+            self._show_psf_voxel(None)
         self.common_options.set_values(settings)
         # every method's section, not only the chosen one: switching method afterwards shows
         # the file's values for that method, not whatever the form held before
