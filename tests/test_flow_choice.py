@@ -20,7 +20,9 @@ class WindowPrior:
     def __init__(self, answer: torch.Tensor, window: tuple[slice, ...]) -> None:
         self.answer = answer[window]
 
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def denoise(
+        self, x_t: torch.Tensor, t: float, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.answer.to(x_t).expand_as(x_t).clone()
 
 

@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from deconflow._errors import DeconflowError
 from deconflow._execute import BlockOutput, BlockSolver, to_image
 from deconflow._progress import Progress
 from deconflow.physics.blur import ConvolutionOperator
@@ -51,6 +52,12 @@ def load_flow_prior(
 ) -> FlowPrior:
     """Load the prior (before any heavy work, so a bad weights file fails at once)."""
     prior = load_prior(settings.weights, device=device, precision=settings.precision)
+    if prior.conditioned and settings.t_start <= 0:
+        raise DeconflowError(
+            f"The prior weights {settings.weights} are conditioned on the first estimate, "
+            "which the samplers use only when they start from it: set t_start > 0 (the "
+            f"default is {FlowDeconvolution.t_start})."
+        )
     return prior.for_voxel_size(voxel_size_um) if voxel_size_um is not None else prior
 
 

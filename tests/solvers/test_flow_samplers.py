@@ -24,7 +24,9 @@ class GaussianPrior:
     mean: float
     variance: float
 
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def denoise(
+        self, x_t: torch.Tensor, t: float, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         gain = t * self.variance / (t**2 * self.variance + (1 - t) ** 2)
         return self.mean + gain * (x_t - t * self.mean)
 

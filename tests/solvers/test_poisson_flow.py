@@ -26,7 +26,9 @@ class ConstantPrior:
         self.value = value
         self.shapes: list[tuple[int, ...]] = []
 
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def denoise(
+        self, x_t: torch.Tensor, t: float, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.shapes.append(tuple(x_t.shape))
         return torch.full_like(x_t, self.value)
 
@@ -183,7 +185,9 @@ def test_prior_runs_on_the_measured_window_plus_context_only():
 class ShrinkingPrior:
     """``D_t(x_t) = x_t / 2``: an estimate that depends on the noisy input."""
 
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def denoise(
+        self, x_t: torch.Tensor, t: float, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return 0.5 * x_t
 
 
@@ -263,7 +267,9 @@ class NoiseSignPrior:
     component (noise, not signal): samples with different seeds then need different
     numbers of EM iterations. Works on one volume and on a batch alike."""
 
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def denoise(
+        self, x_t: torch.Tensor, t: float, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         grid = torch.meshgrid(*(torch.arange(n) for n in x_t.shape[-3:]), indexing="ij")
         checker = ((-1.0) ** (grid[0] + grid[1] + grid[2])).to(x_t)
         sign = (x_t * checker).mean(dim=(-3, -2, -1), keepdim=True)

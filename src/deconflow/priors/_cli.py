@@ -38,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         t_min=args.t_min,
         estimate_pairs=args.estimate_pairs,
+        conditioned=args.conditioned,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         # the main CLI does not set command_line: record how it was called
@@ -127,6 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SHARE",
         help="share of each 3D batch that trains the denoiser on re-noised Richardson-Lucy "
         "estimates of blurred generated volumes, the samplers' own inputs (0 = none)",
+    )
+    p.add_argument(
+        "--conditioned",
+        action="store_true",
+        help="train a prior conditioned on the first (Richardson-Lucy) estimate; needs "
+        "--estimate-pairs 1 --plane-every 0",
     )
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument(

@@ -52,6 +52,7 @@ def cfm_loss(
     aspect: torch.Tensor | float = 1.0,
     generator: torch.Generator | None = None,
     t_min: float = 0.0,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Conditional flow-matching loss (linear path) on a batch of data volumes.
 
@@ -68,6 +69,8 @@ def cfm_loss(
     t_min : float
         Times are drawn uniformly from ``[t_min, 1)``: a fine-tune can spend the whole
         budget on the times the samplers use (they start at ``t_start``).
+    condition : torch.Tensor, optional
+        First estimates of ``x1`` (``x1``'s shape) for a conditioned network.
 
     Returns
     -------
@@ -77,7 +80,9 @@ def cfm_loss(
     b = x1.shape[0]
     t = t_min + (1.0 - t_min) * torch.rand(b, generator=generator, device=x1.device)
     eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-    v = network(interpolate(x1, eps, t), t, aspect)
+    x_t = interpolate(x1, eps, t)
+    # an unconditioned network is called as before conditioning existed
+    v = network(x_t, t, aspect) if condition is None else network(x_t, t, aspect, condition)
     return torch.mean((v.float() - (x1 - eps).float()) ** 2)
 
 
@@ -87,6 +92,7 @@ def estimate_loss(
     estimate: torch.Tensor,
     aspect: torch.Tensor | float = 1.0,
     generator: torch.Generator | None = None,
+    conditioned: bool = False,
 ) -> torch.Tensor:
     """Denoising loss of ``D_t`` on re-noised first estimates, against the sharp truth.
 
@@ -107,6 +113,8 @@ def estimate_loss(
         Voxel aspect per pair or for all.
     generator : torch.Generator, optional
         For reproducible ``t`` and noise.
+    conditioned : bool
+        Also hand the (clean) estimate to a conditioned network, as the samplers do.
 
     Returns
     -------
@@ -122,7 +130,8 @@ def estimate_loss(
     t = lo + (hi - lo) * torch.rand(b, generator=generator, device=truth.device)
     eps = torch.randn(truth.shape, generator=generator, device=truth.device, dtype=truth.dtype)
     x_t = interpolate(estimate, eps, t)
-    denoised = x_t.float() + _bcast(1 - t, x_t).float() * network(x_t, t, aspect).float()
+    v = network(x_t, t, aspect, estimate) if conditioned else network(x_t, t, aspect)
+    denoised = x_t.float() + _bcast(1 - t, x_t).float() * v.float()
     return torch.mean((denoised - truth.float()) ** 2) / _ESTIMATE_LOSS_SCALE
 
 
@@ -151,6 +160,10 @@ class FlowPrior:
     :class:`~deconflow.priors.normalization.Normalization` first and invert it after.
     Tensors may be spatial only (``(Z, Y, X)`` / ``(Y, X)``) or ``(B, 1, [Z,] Y, X)``.
     Gradients flow through the network only when the input requires them.
+
+    A :attr:`conditioned` prior models ``p(x | first estimate)``: :meth:`velocity` and
+    :meth:`denoise` then need ``condition``, the samplers' first (Richardson–Lucy)
+    estimate in ``x_t``'s region and shape; an unconditioned prior ignores it.
     """
 
     network: VelocityUNet
@@ -194,11 +207,41 @@ class FlowPrior:
         return next(self.network.parameters()).device
 
     @property
+    def conditioned(self) -> bool:
+        """Whether the network takes the first estimate as a second input."""
+        # a stand-in module without a config (tests) takes no condition
+        config = getattr(self.network, "config", None)
+        return bool(getattr(config, "conditioned", False))
+
+    @property
     def flops_per_voxel(self) -> float:
         """FLOP per voxel for one evaluation of :meth:`velocity`."""
         return flops_per_voxel(self.network)
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def _condition(self, condition: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        """Return the condition as the network takes it (``like``'s shape), or ``None``."""
+        if not self.conditioned:
+            return None
+        if condition is None:
+            raise DeconflowError(
+                "These prior weights are conditioned on the first estimate; run them through "
+                "a flow sampler with t_start > 0 (which computes it), or load unconditioned "
+                "weights."
+            )
+        if like.ndim == 4:
+            raise DeconflowError(
+                "Conditioned prior weights are trained on 3D stacks only; deconvolve a 2D "
+                "image with unconditioned weights (the default)."
+            )
+        cond = condition.reshape(like.shape[-3:]) if condition.ndim == 3 else condition
+        return cond.to(like.device, like.dtype).expand_as(like)
+
+    def velocity(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Velocity ``v(x_t, t)`` (``t = 0`` noise, ``t = 1`` data), same shape as ``x_t``.
 
         Parameters
@@ -207,31 +250,50 @@ class FlowPrior:
             Current state in prior units, on the prior's device.
         t : float or torch.Tensor
             Time in [0, 1], scalar or one per batch item.
+        condition : torch.Tensor, optional
+            First estimate (prior units) in ``x_t``'s shape, or one volume ``(Z, Y, X)``
+            for the whole batch; needed by a conditioned prior, ignored otherwise.
 
         Returns
         -------
         torch.Tensor
             The velocity, in ``x_t``'s shape and dtype.
+
+        Raises
+        ------
+        DeconflowError
+            If a conditioned prior gets no condition or a 2D input.
         """
         spatial = x_t.ndim in (2, 3)
         x = (x_t[None, None] if spatial else x_t).float()
+        cond = self._condition(condition, x)
         # a plane runs the 2D path, which training only ever told aspect 1
         aspect = 1.0 if x.ndim == 4 else self.voxel_aspect
         low = self.compute_dtype == torch.bfloat16
         if low and x.device.type == "cpu" and x.ndim == 5:
             # oneDNN's bfloat16 convolutions are ~1.4x faster channels-last
             x = x.contiguous(memory_format=torch.channels_last_3d)
+            if cond is not None:
+                cond = cond.contiguous(memory_format=torch.channels_last_3d)
         with (
             torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad),
             torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low),
         ):
-            v = self.network(x, t, aspect)
+            v = self.network(x, t, aspect) if cond is None else self.network(x, t, aspect, cond)
         v = v.to(x_t.dtype).contiguous()
         return v[0, 0] if spatial else v
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Denoiser ``D_t(x_t) = x_t + (1 - t) v(x_t, t)``, the estimate of the data ``x1``."""
-        v = self.velocity(x_t, t)
+    def denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | float,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoiser ``D_t(x_t) = x_t + (1 - t) v(x_t, t)``, the estimate of the data ``x1``.
+
+        ``condition`` as in :meth:`velocity`.
+        """
+        v = self.velocity(x_t, t, condition)
         spatial = x_t.ndim in (2, 3)
         tb = _bcast(t, x_t[None, None] if spatial else x_t)
         return x_t + (1 - (tb[0, 0] if spatial else tb)) * v
@@ -242,6 +304,7 @@ class FlowPrior:
         shape: Sequence[int],
         steps: int = 20,
         generator: torch.Generator | None = None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw from the prior by Euler integration of the ODE from noise (for inspection).
 
@@ -253,6 +316,8 @@ class FlowPrior:
             Euler steps from t = 0 to 1.
         generator : torch.Generator, optional
             Seeded generator on the prior's device.
+        condition : torch.Tensor, optional
+            First estimate for a conditioned prior (as in :meth:`velocity`).
 
         Returns
         -------
@@ -261,5 +326,5 @@ class FlowPrior:
         """
         x = torch.randn(tuple(shape), generator=generator, device=self.device)
         for i in range(steps):
-            x = x + self.velocity(x, i / steps) / steps
+            x = x + self.velocity(x, i / steps, condition) / steps
         return x

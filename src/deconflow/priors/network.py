@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["NetworkConfig", "VelocityUNet", "flops_per_voxel", "group_norm_by_reduction"]
+__all__ = [
+    "NetworkConfig",
+    "VelocityUNet",
+    "add_condition",
+    "flops_per_voxel",
+    "group_norm_by_reduction",
+]
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,17 @@ class NetworkConfig:
         Width of the time/aspect embedding.
     groups : int
         Group-norm groups (must divide every channel count).
+    conditioned : bool
+        A second input channel holds the sampler's first estimate of the object (a
+        Richardson–Lucy estimate of the measured stack, in prior units): the network then
+        learns ``v(x_t, t | estimate)``, which can undo the blur the estimate keeps.
     """
 
     channels: tuple[int, ...] = (16, 24, 48, 64)
     z_pool: tuple[bool, ...] = (False, True, True)
     embed_dim: int = 64
     groups: int = 4
+    conditioned: bool = False
 
     def __post_init__(self) -> None:
         if not self.channels or min(self.channels) < 1 or self.groups < 1 or self.embed_dim < 1:
@@ -67,6 +78,8 @@ class NetworkConfig:
             z_pool=tuple(bool(b) for b in z_pool),
             embed_dim=int(cast("int", mapping["embed_dim"])),
             groups=int(cast("int", mapping["groups"])),
+            # weights written before conditioning existed are unconditioned
+            conditioned=bool(mapping.get("conditioned", False)),
         )
 
 
@@ -141,7 +154,7 @@ class _ResBlock(nn.Module):
 
 
 class VelocityUNet(nn.Module):
-    """Velocity field ``v(x_t, t, aspect)`` on single-channel 2D or 3D volumes.
+    """Velocity field ``v(x_t, t, aspect[, estimate])`` on single-channel 2D or 3D volumes.
 
     Parameters
     ----------
@@ -154,7 +167,8 @@ class VelocityUNet(nn.Module):
     (edge-replicated) to a multiple of the network's stride and the output cropped back,
     so the output has the input's shape. A 2D input is run as one z plane with no z
     pooling. ``aspect`` is the z step over the pixel size (1 for 2D); the network was
-    trained on aspects 1–6 and sees ``log(aspect)``.
+    trained on aspects 1–6 and sees ``log(aspect)``. A ``conditioned`` network also takes
+    ``condition``, the first estimate, in ``x``'s shape.
     """
 
     def __init__(self, config: NetworkConfig | None = None) -> None:
@@ -163,7 +177,7 @@ class VelocityUNet(nn.Module):
         ch, e = self.config.channels, self.config.embed_dim
         g = self.config.groups
         self.embed = nn.Sequential(nn.Linear(32 + 8, e), nn.SiLU(), nn.Linear(e, e))
-        self.inp = nn.Conv3d(1, ch[0], 3, padding=1)
+        self.inp = nn.Conv3d(2 if self.config.conditioned else 1, ch[0], 3, padding=1)
         self.down = nn.ModuleList(
             [_ResBlock(ch[i - 1] if i else ch[0], ch[i], e, g) for i in range(len(ch))]
         )
@@ -181,12 +195,32 @@ class VelocityUNet(nn.Module):
         return z, xy, xy
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, aspect: torch.Tensor | float = 1.0
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        aspect: torch.Tensor | float = 1.0,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity at ``x`` (shape ``(B, 1, [Z,] Y, X)``) and times ``t`` (shape ``(B,)``)."""
+        """Velocity at ``x`` (shape ``(B, 1, [Z,] Y, X)``) and times ``t`` (shape ``(B,)``).
+
+        ``condition`` (``x``'s shape) is required by a conditioned network and refused by
+        an unconditioned one.
+        """
         if x.ndim not in (4, 5) or x.shape[1] != 1:
             raise ValueError(f"expected (B, 1, [Z,] Y, X), got {tuple(x.shape)}")
+        if self.config.conditioned != (condition is not None):
+            raise ValueError(
+                "this network is conditioned on a first estimate: pass condition="
+                if self.config.conditioned
+                else "this network takes no condition"
+            )
         is_2d = x.ndim == 4
+        if condition is not None:
+            if condition.shape != x.shape:
+                raise ValueError(
+                    f"condition {tuple(condition.shape)} differs from x {tuple(x.shape)}"
+                )
+            x = torch.cat([x, condition.to(x.dtype)], dim=1)
         if is_2d:
             x = x[:, :, None]
         if x.shape[2] < 4 * self.stride(is_2d)[0] and torch.is_autocast_enabled(x.device.type):
@@ -228,6 +262,29 @@ class VelocityUNet(nn.Module):
         return v[:, :, 0] if is_2d else v
 
 
+def add_condition(network: VelocityUNet) -> VelocityUNet:
+    """Return a conditioned copy of an unconditioned network that computes the same velocity.
+
+    The copy's input convolution gains a channel for the first estimate with zero weights,
+    so a fine-tune starts from the unconditioned prior and learns how far to use the
+    estimate.
+
+    Raises
+    ------
+    ValueError
+        If ``network`` is conditioned already.
+    """
+    if network.config.conditioned:
+        raise ValueError("the network is conditioned already")
+    config = replace(network.config, conditioned=True)
+    conditioned = VelocityUNet(config).to(next(network.parameters()).device)
+    state = dict(network.state_dict())
+    weight = state["inp.weight"]
+    state["inp.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
+    conditioned.load_state_dict(state)
+    return conditioned
+
+
 def flops_per_voxel(network: VelocityUNet, shape: tuple[int, int, int] = (16, 64, 64)) -> float:
     """Floating-point operations per input voxel for one evaluation (2 per multiply-add).
 
@@ -265,7 +322,10 @@ def flops_per_voxel(network: VelocityUNet, shape: tuple[int, int, int] = (16, 64
     try:
         with torch.no_grad():
             p = next(network.parameters())
-            network(torch.zeros(1, 1, *shape, device=p.device), torch.zeros(1, device=p.device))
+            x = torch.zeros(1, 1, *shape, device=p.device)
+            network(
+                x, torch.zeros(1, device=p.device), 1.0, x if network.config.conditioned else None
+            )
     finally:
         for h in handles:
             h.remove()

@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from deconflow._version import __version__
 from deconflow.priors._loader import BatchSource, BatchStream
 from deconflow.priors.data import Batch, FolderSource, GeneratorSource
 from deconflow.priors.flow import cfm_loss, estimate_loss
-from deconflow.priors.network import NetworkConfig, VelocityUNet, flops_per_voxel
+from deconflow.priors.network import NetworkConfig, VelocityUNet, add_condition, flops_per_voxel
 from deconflow.priors.normalization import __doc__ as _NORM_DOC
 from deconflow.priors.weights import load_prior, save_prior
 
@@ -89,6 +89,13 @@ class TrainConfig:
         Richardson–Lucy estimates against the sharp volume,
         :mod:`deconflow.solvers.estimate_pairs`); 0: plain flow matching only. Needs the
         built-in generator (``data=None``).
+    conditioned : bool
+        Train a network conditioned on the first estimate (``v(x_t, t | estimate)``,
+        :class:`~deconflow.priors.network.NetworkConfig`): every item is an estimate
+        pair, trained both on the flow-matching path of its truth and on its re-noised
+        estimate, with the clean estimate as the second input. Needs
+        ``estimate_pairs=1`` and ``plane_every=0`` (pairs are 3D). An unconditioned
+        ``init`` gains the estimate's input channel with zero weights.
     checkpoint_every : int
         Steps between checkpoints.
     resume : bool
@@ -119,6 +126,7 @@ class TrainConfig:
     max_minutes: float | None = None
     t_min: float = 0.0
     estimate_pairs: float = 0.0
+    conditioned: bool = False
     checkpoint_every: int = 50
     resume: bool = False
     command: str = ""
@@ -160,6 +168,12 @@ class TrainConfig:
             raise DeconflowError(
                 "Estimate pairs are drawn from the built-in generator, whose voxel sizes "
                 "set the PSF; drop --estimate-pairs to train on a data folder."
+            )
+        if self.conditioned and (self.estimate_pairs != 1.0 or self.plane_every):
+            raise DeconflowError(
+                "A conditioned prior learns from estimate pairs only, which are 3D: pass "
+                f"--estimate-pairs 1 --plane-every 0 with --conditioned (got estimate_pairs "
+                f"{self.estimate_pairs}, plane_every {self.plane_every})."
             )
         check_precision(self.precision)
 
@@ -207,7 +221,14 @@ def _check_resume(config: TrainConfig, saved: object, ckpt: Path) -> None:
     """Refuse to resume a checkpoint with settings that change what the network learns."""
     if saved is None:  # a checkpoint from before the settings were recorded
         return
-    before = json.loads(str(saved))
+    # a setting added after the checkpoint was written had its default then
+    learned = set(_learning_settings(config))
+    defaults = {
+        f.name: f.default
+        for f in fields(TrainConfig)
+        if f.name in learned and f.default is not MISSING
+    }
+    before = {**defaults, **json.loads(str(saved))}
     now = _learning_settings(config)
     changed = [
         f"{name} {before.get(name)!r} -> {now.get(name)!r}"
@@ -263,10 +284,22 @@ def _make_network(config: TrainConfig) -> tuple[VelocityUNet, dict[str, object] 
     """Build the network to train; return it with the card of the weights it starts from."""
     if config.init is not None:
         start = load_prior(config.init)
-        return copy.deepcopy(start.network).train().requires_grad_(True), dict(start.card)
+        network = copy.deepcopy(start.network)
+        if config.conditioned and not network.config.conditioned:
+            network = add_condition(network)
+        elif network.config.conditioned and not config.conditioned:
+            raise DeconflowError(
+                f"The weights {config.init} are conditioned on a first estimate; fine-tune "
+                "them with --conditioned --estimate-pairs 1 --plane-every 0."
+            )
+        return network.train().requires_grad_(True), dict(start.card)
     channels = tuple(config.channels)
     network = VelocityUNet(
-        NetworkConfig(channels=channels, z_pool=(False,) + (True,) * (len(channels) - 2))
+        NetworkConfig(
+            channels=channels,
+            z_pool=(False,) + (True,) * (len(channels) - 2),
+            conditioned=config.conditioned,
+        )
     )
     return network, None
 
@@ -288,8 +321,15 @@ def _batch_loss(
     device: torch.device,
     gen: torch.Generator,
     t_min: float,
+    conditioned: bool = False,
 ) -> torch.Tensor:
-    """Mean over the batch's items of the flow-matching and estimate-pair losses."""
+    """Mean over the batch's items of the flow-matching and estimate-pair losses.
+
+    A ``conditioned`` network trains each pair twice, conditioned on its estimate: on
+    the flow-matching path of the truth (the samplers' later steps start from
+    data-consistent estimates nearer the truth) and on the re-noised estimate (their
+    first step); the mean of the two counts for the pair.
+    """
     n_flow = batch.x1.shape[0]
     n_pairs = 0 if batch.pairs is None else batch.pairs.truth.shape[0]
     total = torch.zeros((), device=device)
@@ -299,7 +339,12 @@ def _batch_loss(
     if batch.pairs is not None and n_pairs:
         truth, estimate = batch.pairs.truth.to(device), batch.pairs.estimate.to(device)
         aspect = batch.pairs.aspect.to(device)
-        total = total + n_pairs * estimate_loss(net, truth, estimate, aspect, gen)
+        if conditioned:
+            path = cfm_loss(net, truth, aspect, gen, t_min, condition=estimate)
+            first = estimate_loss(net, truth, estimate, aspect, gen, conditioned=True)
+            total = total + n_pairs * 0.5 * (path + first)
+        else:
+            total = total + n_pairs * estimate_loss(net, truth, estimate, aspect, gen)
     return total / max(1, n_flow + n_pairs)
 
 
@@ -378,7 +423,7 @@ def train_prior(config: TrainConfig, progress: bool = True) -> Path:
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, progress_now())
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = _batch_loss(net, batch, device, gen, config.t_min)
+                loss = _batch_loss(net, batch, device, gen, config.t_min, config.conditioned)
             if not torch.isfinite(loss):
                 raise DeconflowError(
                     f"The training loss is not finite at step {step + 1} (precision "

@@ -23,11 +23,15 @@ __all__ = [
 class Denoiser(Protocol):
     """What the samplers need of a prior: ``D_t(x_t) ≈ E[x1 | x_t]`` in prior units."""
 
-    def denoise(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def denoise(
+        self, x_t: torch.Tensor, t: float, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Estimate the data ``x1`` from ``x_t``, in ``x_t``'s shape.
 
         ``x_t`` is one volume ``([Z,] Y, X)`` or a batch of single-channel volumes
-        ``(B, 1, [Z,] Y, X)``.
+        ``(B, 1, [Z,] Y, X)``. ``condition`` is the sampler's first estimate of the
+        object over ``x_t``'s region (one volume for the whole batch), or ``None`` when
+        the sampler starts without one; a prior that does not use it ignores it.
         """
         ...
 

@@ -235,7 +235,7 @@ class ExactDataFlowSampler(_OneVolumeAtATime):
         if initial is not None:
             u_t = interpolate(initial, u_t, self.t_start)
         for k, t in enumerate(times):
-            estimate = prior.denoise(u_t, t)
+            estimate = prior.denoise(u_t, t, initial)
             gamma2 = posterior_variance(t, self.data_variance)
             anchor, data = estimate, model.data
             last = k + 1 == len(times)
@@ -289,7 +289,7 @@ class PnPFlowSampler(_OneVolumeAtATime):
         u = torch.zeros(shape, device=like.device, dtype=like.dtype) if initial is None else initial
         for t in sampler_times(self.steps, self.t_start):
             z = u - eta * model.gradient(u)
-            u = prior.denoise(interpolate(z, noise(), t), t)
+            u = prior.denoise(interpolate(z, noise(), t), t, initial)
             yield u
 
 

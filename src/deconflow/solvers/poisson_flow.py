@@ -307,7 +307,10 @@ class PoissonFlowSampler:
                 target = model.deviance(start)
             v = start.expand(batch).clone()
         u1 = model.to_prior(v)
-        window = (slice(None), *prior_window(op))
+        region = prior_window(op)
+        window = (slice(None), *region)
+        # a conditioned prior sees the first estimate over the region it denoises
+        condition = None if initial is None else initial[region].contiguous()
         times = sampler_times(self.steps, self.t_start)
         u_t = interpolate(u1, noise(), times[0])
         for k, t in enumerate(times):
@@ -315,7 +318,9 @@ class PoissonFlowSampler:
             # outside the window the anchor is the current estimate: no pull there
             estimate = u1.clone()
             # the prior takes a batch of single-channel volumes, (K, 1, [Z,] Y, X)
-            estimate[window] = prior.denoise(u_t[window].unsqueeze(1).contiguous(), t)[:, 0]
+            estimate[window] = prior.denoise(u_t[window].unsqueeze(1).contiguous(), t, condition)[
+                :, 0
+            ]
             gamma2 = posterior_variance(t, self.data_variance)
             if self.perturb and not last:
                 estimate += gamma2**0.5 * noise()
