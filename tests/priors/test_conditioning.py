@@ -232,3 +232,27 @@ def test_zero_estimate_weights_deconvolve_as_the_prior_they_extend(tmp_path, bea
     assert not np.allclose(a, c, rtol=1e-3)
     with pytest.raises(DeconflowError, match="t_start > 0"):
         deconflow.deconvolve(image, psf, weights=str(conditioned), **{**options, "t_start": 0.0})
+
+
+def test_a_microscope_fine_tune_draws_its_pairs_through_the_given_psf(tmp_path):
+    import tifffile
+
+    z, y, x = np.meshgrid(*(np.arange(n) - n // 2 for n in (5, 15, 15)), indexing="ij")
+    bead = 1000.0 * np.exp(-(z**2) / 2.0 - (y**2 + x**2) / 4.0) + 10.0
+    path = tmp_path / "bead.tif"
+    tifffile.imwrite(path, bead.astype(np.float32))
+    trained = train_prior(
+        _config(tmp_path, pair_psf=path, voxel_size_um=(0.3, 0.1, 0.1)), progress=False
+    )
+    card = json.loads(trained.with_suffix(".json").read_text())
+    assert "given (5, 15, 15) PSF" in card["data"] and "(0.3, 0.1, 0.1)" in card["data"]
+    with pytest.raises(DeconflowError, match="--voxel-size"):
+        _config(tmp_path, pair_psf=path)
+    with pytest.raises(DeconflowError, match="--estimate-pairs"):
+        _config(
+            tmp_path,
+            pair_psf=path,
+            voxel_size_um=(0.3, 0.1, 0.1),
+            estimate_pairs=0.0,
+            conditioned=False,
+        )

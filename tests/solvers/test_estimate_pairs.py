@@ -84,3 +84,41 @@ def test_all_pairs_and_plane_steps():
 def test_bad_settings_are_refused(share, patch):
     with pytest.raises(DeconflowError):
         EstimatePairSource(patch, share=share)
+
+
+def test_pairs_through_one_given_psf_keep_its_voxel_size_and_blur():
+    psf = np.zeros((9, 31, 31), np.float32)
+    psf[4, 15, 15] = 1.0  # no blur: the estimate is then the truth
+    delta = EstimatePairSource(
+        PATCH, peak_photon_range=(1e6, 1e6), psf=psf, voxel_size_um=(0.3, 0.1, 0.1)
+    )
+    assert delta.psf is not None and delta.psf.shape == (5, 23, 23)  # cropped to the patch
+    truth, estimate, aspect = delta.pair(np.random.default_rng(3))
+    assert aspect == pytest.approx(3.0)
+    np.testing.assert_allclose(estimate, truth, atol=0.02 * float(truth.max()))
+    # a wide PSF leaves blur in the estimate, as the drawn ones do
+    z, y, x = np.meshgrid(*(np.arange(n) - n // 2 for n in (9, 31, 31)), indexing="ij")
+    wide = np.exp(-(z**2) / 4.0 - (y**2 + x**2) / 8.0).astype(np.float32)
+    blurred = EstimatePairSource(
+        PATCH,
+        peak_photon_range=(1e6, 1e6),
+        iteration_range=(5, 5),
+        psf=wide,
+        voxel_size_um=(0.3, 0.1, 0.1),
+    )
+    truth, estimate, _ = blurred.pair(np.random.default_rng(3))
+    assert float(np.mean((truth - estimate) ** 2) / np.mean(truth**2)) > 0.05
+    assert "given (5, 23, 23) PSF" in blurred.describe()
+
+
+@pytest.mark.parametrize(
+    ("psf", "voxel", "match"),
+    [
+        (np.ones((5, 9, 9)), None, "voxel size"),
+        (np.ones((9, 9)), (0.3, 0.1, 0.1), "3D stack"),
+        (np.zeros((5, 9, 9)), (0.3, 0.1, 0.1), "positive sum"),
+    ],
+)
+def test_a_given_psf_without_voxel_size_or_signal_is_refused(psf, voxel, match):
+    with pytest.raises(DeconflowError, match=match):
+        EstimatePairSource(PATCH, psf=psf, voxel_size_um=voxel)

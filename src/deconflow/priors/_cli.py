@@ -38,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         t_min=args.t_min,
         estimate_pairs=args.estimate_pairs,
+        pair_psf=args.pair_psf,
         conditioned=args.conditioned,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
@@ -84,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar=("Z", "Y", "X"),
         help="voxel size in µm of every TIFF in --data (overrides their metadata; needed for "
-        "3D stacks without it)",
+        "3D stacks without it); with --pair-psf, of the stacks that PSF belongs to",
     )
     p.add_argument("--init", type=Path, default=None, help="weights to fine-tune from")
     p.add_argument("--steps", type=int, default=500, help="optimiser steps (500)")
@@ -128,6 +129,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SHARE",
         help="share of each 3D batch that trains the denoiser on re-noised Richardson-Lucy "
         "estimates of blurred generated volumes, the samplers' own inputs (0 = none)",
+    )
+    p.add_argument(
+        "--pair-psf",
+        type=Path,
+        default=None,
+        metavar="PSF.tif",
+        help="image the estimate pairs through this PSF (your microscope's bead stack) at "
+        "--voxel-size, instead of a mix of objectives: a fine-tune for one microscope",
     )
     p.add_argument(
         "--conditioned",

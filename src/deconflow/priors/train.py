@@ -56,7 +56,8 @@ class TrainConfig:
         Folder of sharp TIFF stacks; ``None`` uses the built-in generator.
     voxel_size_um : tuple of float or None
         ``(z, y, x)`` µm of every TIFF in ``data``: overrides their metadata, needed for
-        3D stacks without it.
+        3D stacks without it. With ``pair_psf``: the voxel size of the stacks that PSF
+        belongs to, at which the pairs are drawn.
     init : Path or None
         Weights to start from (fine-tuning); default: a new network.
     channels : tuple of int
@@ -89,6 +90,12 @@ class TrainConfig:
         Richardson–Lucy estimates against the sharp volume,
         :mod:`deconflow.solvers.estimate_pairs`); 0: plain flow matching only. Needs the
         built-in generator (``data=None``).
+    pair_psf : Path or None
+        One microscope's PSF (a TIFF: a measured bead stack or a computed PSF) to image
+        the estimate pairs through, at ``voxel_size_um``, instead of the built-in mix of
+        objectives: a fine-tune for that microscope. The file is prepared as for
+        deconvolution (background, centring, sum 1) and resampled from its own voxel
+        size, when it records one, to ``voxel_size_um``.
     conditioned : bool
         Train a network conditioned on the first estimate (``v(x_t, t | estimate)``,
         :class:`~deconflow.priors.network.NetworkConfig`): every item is an estimate
@@ -126,6 +133,7 @@ class TrainConfig:
     max_minutes: float | None = None
     t_min: float = 0.0
     estimate_pairs: float = 0.0
+    pair_psf: Path | None = None
     conditioned: bool = False
     checkpoint_every: int = 50
     resume: bool = False
@@ -169,6 +177,13 @@ class TrainConfig:
                 "Estimate pairs are drawn from the built-in generator, whose voxel sizes "
                 "set the PSF; drop --estimate-pairs to train on a data folder."
             )
+        if self.pair_psf is not None and (not self.estimate_pairs or self.voxel_size_um is None):
+            raise DeconflowError(
+                "A PSF for the estimate pairs (--pair-psf) needs pairs (--estimate-pairs "
+                "SHARE above 0) and the voxel size of the stacks it belongs to "
+                f"(--voxel-size Z Y X); got estimate_pairs {self.estimate_pairs}, voxel size "
+                f"{self.voxel_size_um}."
+            )
         if self.conditioned and (self.estimate_pairs != 1.0 or self.plane_every):
             raise DeconflowError(
                 "A conditioned prior learns from estimate pairs only, which are 3D: pass "
@@ -211,7 +226,7 @@ def _learning_settings(config: TrainConfig) -> dict[str, object]:
         for name, value in json.loads(json.dumps(asdict(config), default=str)).items()
         if name not in _RESUMABLE_CHANGES | _NOT_SETTINGS
     }
-    for name in ("data", "init"):  # the same folder or file, however it was spelled
+    for name in ("data", "init", "pair_psf"):  # the same file, however it was spelled
         if settings[name] is not None:
             settings[name] = str(Path(settings[name]).resolve())
     return settings
@@ -304,6 +319,21 @@ def _make_network(config: TrainConfig) -> tuple[VelocityUNet, dict[str, object] 
     return network, None
 
 
+def _read_pair_psf(path: Path, voxel_size_um: tuple[float, float, float] | None) -> np.ndarray:
+    """Read and prepare the PSF the estimate pairs are imaged through."""
+    from deconflow.io import read_tiff
+    from deconflow.psf import prepare_psf
+
+    image = read_tiff(path)
+    if image.data.ndim != 3:
+        raise DeconflowError(
+            f"The PSF for estimate pairs {path} has axes {image.axes}; give a 3D (ZYX) stack."
+        )
+    own = image.voxel_size_um if image.voxel_size_um is not None else voxel_size_um
+    prepared = prepare_psf(image.data, voxel_size_um=own, target_voxel_size_um=voxel_size_um)
+    return prepared.data
+
+
 def _make_source(config: TrainConfig) -> BatchSource:
     if config.data is not None:
         return FolderSource(config.data, config.patch, config.voxel_size_um)
@@ -311,7 +341,14 @@ def _make_source(config: TrainConfig) -> BatchSource:
         # pairs need Richardson–Lucy, which sits above the priors: imported only here
         from deconflow.solvers.estimate_pairs import EstimatePairSource
 
-        return EstimatePairSource(config.patch, config.estimate_pairs)
+        if config.pair_psf is None:
+            return EstimatePairSource(config.patch, config.estimate_pairs)
+        return EstimatePairSource(
+            config.patch,
+            config.estimate_pairs,
+            psf=_read_pair_psf(config.pair_psf, config.voxel_size_um),
+            voxel_size_um=config.voxel_size_um,
+        )
     return GeneratorSource(config.patch)
 
 

@@ -85,6 +85,21 @@ def draw_psf(
     return psf / psf.sum(), f"{modality} {medium} NA{na:.2f} {emission:.0f}nm"
 
 
+def _fit_psf(psf: np.ndarray, kernel: tuple[int, int, int]) -> np.ndarray:
+    """Return ``psf`` cropped around its centre to at most ``kernel``, float32, sum 1."""
+    if psf.ndim != 3 or not np.all(np.isfinite(psf)) or not float(psf.sum()) > 0:
+        raise DeconflowError(
+            f"The PSF for estimate pairs must be a finite 3D stack with positive sum, got "
+            f"shape {psf.shape}."
+        )
+    index = tuple(
+        slice(max(0, (n - k) // 2), max(0, (n - k) // 2) + min(n, k))
+        for n, k in zip(psf.shape, kernel, strict=True)
+    )
+    cropped = np.asarray(psf[index], dtype=np.float32)
+    return cropped / cropped.sum()
+
+
 class EstimatePairSource:
     """Batches that mix flow-matching volumes with (sharp, first estimate) pairs.
 
@@ -112,6 +127,14 @@ class EstimatePairSource:
         Richardson–Lucy iterations of the first estimate, uniform (inclusive).
     peak_photon_range : tuple of float
         Photons at the object's brightest voxel before blurring, log-uniform.
+    psf : numpy.ndarray, optional
+        One microscope's PSF (3D, sampled at ``voxel_size_um``) to image every pair
+        through instead of :func:`draw_psf`'s mix; a PSF larger than the patch allows
+        (``patch - 1``, at most ``(21, 31, 31)``) is cropped around its centre. The pairs
+        then all have that voxel size, and ``pixel_um_range`` and ``aspect_range`` are
+        not used.
+    voxel_size_um : tuple of float, optional
+        ``(z, y, x)`` µm of the stacks ``psf`` belongs to; required with ``psf``.
     """
 
     def __init__(
@@ -122,6 +145,8 @@ class EstimatePairSource:
         aspect_range: tuple[float, float] = (1.5, 4.0),
         iteration_range: tuple[int, int] = (5, 40),
         peak_photon_range: tuple[float, float] = (15.0, 2000.0),
+        psf: np.ndarray | None = None,
+        voxel_size_um: tuple[float, float, float] | None = None,
     ) -> None:
         if not 0.0 < share <= 1.0:
             raise DeconflowError(f"The share of estimate pairs must be in (0, 1], got {share}.")
@@ -136,9 +161,24 @@ class EstimatePairSource:
         kz, ky, kx = (min(n - 1, cap) | 1 for n, cap in zip(self.patch, _KERNEL_CAP, strict=True))
         self.kernel = (kz, ky, kx)
         self._sharp = GeneratorSource(self.patch)
+        self.voxel_size_um = voxel_size_um
+        self.psf = None if psf is None else _fit_psf(psf, self.kernel)
+        if self.psf is not None and (voxel_size_um is None or len(voxel_size_um) != 3):
+            raise DeconflowError(
+                "Estimate pairs through one PSF need the (z, y, x) voxel size in µm of the "
+                f"stacks it belongs to, got {voxel_size_um}."
+            )
 
     def describe(self) -> str:
         """One line for the model card."""
+        if self.psf is not None:
+            return (
+                f"{self._sharp.describe()}; {self.share:.0%} of each 3D batch estimate pairs "
+                f"(deconflow.solvers.estimate_pairs): generated volumes at voxel "
+                f"{self.voxel_size_um} µm, blurred by the given {self.psf.shape} PSF, peak "
+                f"{self.peak_photon_range[0]:g}-{self.peak_photon_range[1]:g} photons, then "
+                f"Richardson-Lucy {self.iteration_range[0]}-{self.iteration_range[1]} iterations"
+            )
         return (
             f"{self._sharp.describe()}; {self.share:.0%} of each 3D batch estimate pairs "
             f"(deconflow.solvers.estimate_pairs): generated volumes at pixel "
@@ -169,10 +209,14 @@ class EstimatePairSource:
 
     def pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
         """Draw one ``(truth, estimate, aspect)``, both volumes float32 in prior units."""
-        aspect = log_uniform(rng, *self.aspect_range)
-        pixel = log_uniform(rng, *self.pixel_um_range)
-        voxel = (aspect * pixel, pixel, pixel)
-        psf, _ = draw_psf(self.kernel, voxel, rng)
+        if self.psf is not None and self.voxel_size_um is not None:
+            psf, voxel = self.psf, self.voxel_size_um
+            aspect = voxel[0] / voxel[2]
+        else:
+            aspect = log_uniform(rng, *self.aspect_range)
+            pixel = log_uniform(rng, *self.pixel_um_range)
+            voxel = (aspect * pixel, pixel, pixel)
+            psf, _ = draw_psf(self.kernel, voxel, rng)
         op = ConvolutionOperator(psf, self.patch, dtype=torch.float32)
         obj = generate_volume(op.object_shape, voxel, rng).astype(np.float32)
         obj *= log_uniform(rng, *self.peak_photon_range) / max(float(obj.max()), 1e-12)
