@@ -20,6 +20,7 @@ from deconflow.solvers.flow import ExactDataFlowSampler, MeasurementModel, PnPFl
 from deconflow.solvers.poisson_flow import PoissonFlowSampler, PoissonMeasurement, prior_window
 from tests.conftest import gaussian_psf, random_beads
 from tests.priors.conftest import make_tiny
+from tests.priors.test_train import _tiny_config
 
 
 def _conditioned_tiny(seed: int = 0) -> torch.nn.Module:
@@ -130,21 +131,9 @@ def test_every_sampler_hands_the_prior_its_first_estimate():
 
 
 def _config(tmp_path, **kw) -> TrainConfig:
-    base = {
-        "out": tmp_path / "c.pt",
-        "steps": 2,
-        "batch": 1,
-        "patch": (6, 16, 16),
-        "channels": (4, 8, 8),
-        "plane_every": 0,
-        "estimate_pairs": 1.0,
-        "conditioned": True,
-        "threads": 1,
-        "device": "cpu",
-        "command": "test",
-    }
-    base.update(kw)
-    return TrainConfig(**base)
+    """The tiny run of the training tests, conditioned: pairs only, no planes."""
+    conditioned = {"plane_every": 0, "estimate_pairs": 1.0, "conditioned": True}
+    return _tiny_config(tmp_path, **{"patch": (6, 16, 16), "steps": 2, **conditioned, **kw})
 
 
 @pytest.mark.parametrize(
@@ -183,7 +172,7 @@ def test_conditioned_batch_loss_trains_the_path_and_the_first_estimate():
 def test_a_checkpoint_from_before_conditioning_resumes(tmp_path):
     config = _config(tmp_path, conditioned=False, estimate_pairs=0.0, steps=2, checkpoint_every=1)
     train_prior(config, progress=False)
-    ckpt = tmp_path / "c.ckpt.pt"
+    ckpt = tmp_path / "w.ckpt.pt"
     state = torch.load(ckpt, weights_only=True)
     settings = json.loads(state["settings"])
     del settings["conditioned"]  # as written before the setting existed
