@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -192,13 +193,19 @@ def _run_dask(
         with lock:
             latest[message["source"]] = (int(message["done"]), int(message["total"]))
 
+    from distributed import Event
+
     client.subscribe_topic(PROGRESS_TOPIC, on_progress)
+    # cancelling a future does not stop a task a worker is running: the tasks watch this
+    stop = Event(_stop_event_name(), client=client)
     futures = {
-        client.submit(process_file_on_worker, job, pure=False, priority=len(jobs) - i): job
+        client.submit(
+            process_file_on_worker, job, stop.name, pure=False, priority=len(jobs) - i
+        ): job
         for i, job in enumerate(jobs)
     }
+    pending = dict(futures)
     try:
-        pending = dict(futures)
         while pending:
             time.sleep(_POLL_S)
             with lock:
@@ -218,9 +225,16 @@ def _run_dask(
                 done.append(outcome)
                 log(outcome)
     finally:
+        if pending:  # interrupted (Ctrl-C) or failed: the running files stop too
+            stop.set()
         client.unsubscribe_topic(PROGRESS_TOPIC)
         for future in futures:
             future.cancel()
+
+
+def _stop_event_name() -> str:
+    """Return a name for one batch's stop event, unique on a shared scheduler."""
+    return f"deconflow-stop-{uuid.uuid4().hex}"
 
 
 def run_jobs(

@@ -382,12 +382,19 @@ def _worker_gpu(settings: DeconvolutionSettings, worker_name: object) -> Deconvo
     return dataclasses.replace(settings, device=f"cuda:{index % count}")
 
 
-def process_file_on_worker(job: FileJob) -> FileOutcome:
-    """:func:`process_file` inside a Dask worker: GPU choice and progress events to the client."""
-    from distributed import get_worker
+def process_file_on_worker(job: FileJob, stop: str | None = None) -> FileOutcome:
+    """:func:`process_file` inside a Dask worker: GPU choice and progress events to the client.
+
+    ``stop`` names a Dask ``Event`` that the submitting client sets when its batch is
+    interrupted: a worker cannot be made to drop a running task, so the task looks at
+    the event as often as it reports progress and gives up (``failed``, nothing written)
+    once it is set, instead of running to the end for a client that has gone.
+    """
+    from distributed import Event, get_worker
 
     worker = get_worker()
     job = dataclasses.replace(job, settings=_worker_gpu(job.settings, worker.name))
+    stop_event = Event(stop) if stop else None
     last = 0.0
 
     def report(done: int, total: int) -> None:
@@ -395,6 +402,11 @@ def process_file_on_worker(job: FileJob) -> FileOutcome:
         now = time.monotonic()
         if done == total or now - last >= _PROGRESS_INTERVAL_S:
             last = now
+            if stop_event is not None and stop_event.is_set():
+                raise DeconflowError(
+                    "stopped: the batch that submitted this file was interrupted; its output "
+                    "was not written (run the batch again to resume)."
+                )
             worker.log_event(PROGRESS_TOPIC, {"source": job.source, "done": done, "total": total})
 
     return process_file(job, report)
