@@ -153,35 +153,48 @@ def _one_job(batch_inputs, out: Path):
     return FileJob(str(data / "a.tif"), str(out / "a.ome.tif"), (str(psf),), settings)
 
 
-def test_a_file_on_a_worker_stops_once_its_batch_sets_the_stop_event(batch_inputs, tmp_path):
-    # a worker cannot drop a running task: the task itself must look at the event
-    from distributed import Client, Event, LocalCluster
+@pytest.fixture
+def in_process_client():
+    """A Dask client of a one-worker cluster in this process (quick to start)."""
+    from distributed import Client, LocalCluster
 
-    from deconflow.batch.task import process_file_on_worker
-
-    job = _one_job(batch_inputs, tmp_path)
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
         ) as cluster,
         Client(cluster) as client,
     ):
-        stop = Event("deconflow-stop-test", client=client)
-        stop.set()
-        stopped = client.submit(process_file_on_worker, job, stop.name, pure=False).result()
-        assert stopped.status == "failed" and "interrupted" in stopped.message
-        assert not Path(job.output).exists()  # nothing written for a batch that has gone
-        stop.clear()
-        done = client.submit(process_file_on_worker, job, stop.name, pure=False).result()
+        yield client
+
+
+def test_a_file_on_a_worker_stops_once_its_batch_sets_the_stop_event(
+    batch_inputs, tmp_path, in_process_client
+):
+    # a worker cannot drop a running task: the task itself must look at the event
+    from distributed import Event
+
+    from deconflow.batch.task import process_file_on_worker
+
+    client = in_process_client
+    job = _one_job(batch_inputs, tmp_path)
+    stop = Event("deconflow-stop-test", client=client)
+    stop.set()
+    stopped = client.submit(process_file_on_worker, job, stop.name, pure=False).result()
+    assert stopped.status == "failed" and "interrupted" in stopped.message
+    assert not Path(job.output).exists()  # nothing written for a batch that has gone
+    stop.clear()
+    done = client.submit(process_file_on_worker, job, stop.name, pure=False).result()
     assert done.status == "done" and Path(job.output).is_file()
 
 
-def test_an_interrupted_dask_batch_sets_its_stop_event(batch_inputs, tmp_path, monkeypatch):
+def test_an_interrupted_dask_batch_sets_its_stop_event(
+    batch_inputs, tmp_path, monkeypatch, in_process_client
+):
     import io
     import logging
     from types import SimpleNamespace
 
-    from distributed import Client, Event, LocalCluster
+    from distributed import Event
 
     from deconflow.batch import runner
 
@@ -190,20 +203,15 @@ def test_an_interrupted_dask_batch_sets_its_stop_event(batch_inputs, tmp_path, m
     def ctrl_c(seconds: float) -> None:
         raise KeyboardInterrupt
 
+    client = in_process_client
     job = _one_job(batch_inputs, tmp_path)
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        bars = runner._Bars(1, True, io.StringIO())
-        done: list = []
-        # a batch that ends normally leaves its event alone
-        runner._run_dask([job], client, bars, done, logging.getLogger("test").info)
-        assert len(done) == 1 and not Event("deconflow-stop-ctrl-c", client=client).is_set()
-        # only the runner's poll is interrupted, not the cluster's own sleeps
-        monkeypatch.setattr(runner, "time", SimpleNamespace(sleep=ctrl_c))
-        with pytest.raises(KeyboardInterrupt):
-            runner._run_dask([job], client, bars, [], logging.getLogger("test").info)
-        assert Event("deconflow-stop-ctrl-c", client=client).is_set()
+    bars = runner._Bars(1, True, io.StringIO())
+    done: list = []
+    # a batch that ends normally leaves its event alone
+    runner._run_dask([job], client, bars, done, logging.getLogger("test").info)
+    assert len(done) == 1 and not Event("deconflow-stop-ctrl-c", client=client).is_set()
+    # only the runner's poll is interrupted, not the cluster's own sleeps
+    monkeypatch.setattr(runner, "time", SimpleNamespace(sleep=ctrl_c))
+    with pytest.raises(KeyboardInterrupt):
+        runner._run_dask([job], client, bars, [], logging.getLogger("test").info)
+    assert Event("deconflow-stop-ctrl-c", client=client).is_set()
