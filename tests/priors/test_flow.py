@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deconflow import DeconflowError
-from deconflow.priors import FlowPrior, cfm_loss, estimate_loss, interpolate
+from deconflow.priors import FlowPrior, NetworkConfig, cfm_loss, estimate_loss, interpolate
 from deconflow.priors.flow import ESTIMATE_TIMES
 
 
@@ -32,11 +32,13 @@ def test_exact_velocity_makes_denoiser_return_the_data():
     x1 = torch.rand(1, 1, 4, 8, 8)
 
     class Oracle(torch.nn.Module):
+        config = NetworkConfig()  # the architecture a FlowPrior reads: unconditioned
+
         def __init__(self) -> None:
             super().__init__()
             self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, x, t, aspect=1.0):
+        def forward(self, x, t, aspect=1.0, condition=None):
             return (x1 - x) / (1 - torch.as_tensor(t).reshape(-1, 1, 1, 1, 1))
 
     prior = FlowPrior(Oracle())  # type: ignore[arg-type]
@@ -81,7 +83,7 @@ def test_loss_draws_times_from_t_min_to_one():
     seen: list[torch.Tensor] = []
 
     class Recorder(torch.nn.Module):
-        def forward(self, x, t, aspect=1.0):
+        def forward(self, x, t, aspect=1.0, condition=None):
             seen.append(t.clone())
             return torch.zeros_like(x)
 
@@ -134,7 +136,7 @@ def test_estimate_loss_is_the_denoising_error_against_the_truth():
     truth, estimate = torch.rand(3, 1, 4, 8, 8), torch.rand(3, 1, 4, 8, 8)
 
     class Zero(torch.nn.Module):  # D_t(x_t) = x_t
-        def forward(self, x, t, aspect=1.0):
+        def forward(self, x, t, aspect=1.0, condition=None):
             return torch.zeros_like(x)
 
     loss = estimate_loss(Zero(), truth, estimate, 2.0, torch.Generator().manual_seed(5))  # type: ignore[arg-type]
@@ -146,7 +148,7 @@ def test_estimate_loss_is_the_denoising_error_against_the_truth():
     assert float(t.min()) >= ESTIMATE_TIMES[0] and float(t.max()) < ESTIMATE_TIMES[1]
 
     class Oracle(torch.nn.Module):  # the exact velocity towards the truth: D_t = truth
-        def forward(self, x, t, aspect=1.0):
+        def forward(self, x, t, aspect=1.0, condition=None):
             return (truth - x) / (1 - t.reshape(-1, 1, 1, 1, 1))
 
     oracle = estimate_loss(Oracle(), truth, estimate, 2.0, torch.Generator())  # type: ignore[arg-type]

@@ -80,9 +80,7 @@ def cfm_loss(
     b = x1.shape[0]
     t = t_min + (1.0 - t_min) * torch.rand(b, generator=generator, device=x1.device)
     eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-    x_t = interpolate(x1, eps, t)
-    # an unconditioned network is called as before conditioning existed
-    v = network(x_t, t, aspect) if condition is None else network(x_t, t, aspect, condition)
+    v = network(interpolate(x1, eps, t), t, aspect, condition)
     return torch.mean((v.float() - (x1 - eps).float()) ** 2)
 
 
@@ -130,7 +128,7 @@ def estimate_loss(
     t = lo + (hi - lo) * torch.rand(b, generator=generator, device=truth.device)
     eps = torch.randn(truth.shape, generator=generator, device=truth.device, dtype=truth.dtype)
     x_t = interpolate(estimate, eps, t)
-    v = network(x_t, t, aspect, estimate) if conditioned else network(x_t, t, aspect)
+    v = network(x_t, t, aspect, estimate if conditioned else None)
     denoised = x_t.float() + _bcast(1 - t, x_t).float() * v.float()
     return torch.mean((denoised - truth.float()) ** 2) / _ESTIMATE_LOSS_SCALE
 
@@ -209,9 +207,7 @@ class FlowPrior:
     @property
     def conditioned(self) -> bool:
         """Whether the network takes the first estimate as a second input."""
-        # a stand-in module without a config (tests) takes no condition
-        config = getattr(self.network, "config", None)
-        return bool(getattr(config, "conditioned", False))
+        return self.network.config.conditioned
 
     @property
     def flops_per_voxel(self) -> float:
@@ -279,7 +275,7 @@ class FlowPrior:
             torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad),
             torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low),
         ):
-            v = self.network(x, t, aspect) if cond is None else self.network(x, t, aspect, cond)
+            v = self.network(x, t, aspect, cond)
         v = v.to(x_t.dtype).contiguous()
         return v[0, 0] if spatial else v
 

@@ -172,18 +172,15 @@ class EstimatePairSource:
     def describe(self) -> str:
         """One line for the model card."""
         if self.psf is not None:
-            return (
-                f"{self._sharp.describe()}; {self.share:.0%} of each 3D batch estimate pairs "
-                f"(deconflow.solvers.estimate_pairs): generated volumes at voxel "
-                f"{self.voxel_size_um} µm, blurred by the given {self.psf.shape} PSF, peak "
-                f"{self.peak_photon_range[0]:g}-{self.peak_photon_range[1]:g} photons, then "
-                f"Richardson-Lucy {self.iteration_range[0]}-{self.iteration_range[1]} iterations"
+            optics = f"at voxel {self.voxel_size_um} µm, blurred by the given {self.psf.shape} PSF"
+        else:
+            optics = (
+                f"at pixel {self.pixel_um_range} µm and voxel aspect {self.aspect_range}, "
+                f"blurred by {self.kernel} theoretical PSFs (widefield/confocal, air/water/oil)"
             )
         return (
             f"{self._sharp.describe()}; {self.share:.0%} of each 3D batch estimate pairs "
-            f"(deconflow.solvers.estimate_pairs): generated volumes at pixel "
-            f"{self.pixel_um_range} µm and voxel aspect {self.aspect_range}, blurred by "
-            f"{self.kernel} theoretical PSFs (widefield/confocal, air/water/oil), peak "
+            f"(deconflow.solvers.estimate_pairs): generated volumes {optics}, peak "
             f"{self.peak_photon_range[0]:g}-{self.peak_photon_range[1]:g} photons, then "
             f"Richardson-Lucy {self.iteration_range[0]}-{self.iteration_range[1]} iterations"
         )

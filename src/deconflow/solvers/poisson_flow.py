@@ -318,9 +318,8 @@ class PoissonFlowSampler:
             # outside the window the anchor is the current estimate: no pull there
             estimate = u1.clone()
             # the prior takes a batch of single-channel volumes, (K, 1, [Z,] Y, X)
-            estimate[window] = prior.denoise(u_t[window].unsqueeze(1).contiguous(), t, condition)[
-                :, 0
-            ]
+            noisy = u_t[window].unsqueeze(1).contiguous()
+            estimate[window] = prior.denoise(noisy, t, condition)[:, 0]
             gamma2 = posterior_variance(t, self.data_variance)
             if self.perturb and not last:
                 estimate += gamma2**0.5 * noise()
