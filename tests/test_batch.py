@@ -523,3 +523,37 @@ def test_a_relative_weights_path_is_made_absolute_for_the_workers(tmp_path, monk
     config.write_text(f"method: flow\nflow:\n  weights: {tmp_path / 'prior.pt'}\n")
     assert build_settings(config).flow.weights == str(tmp_path / "prior.pt")
     assert build_settings(None).flow.weights is None
+
+
+def write_ome_in_plane(path: Path, data: np.ndarray, pixel: tuple[float, float]) -> Path:
+    """An OME-TIFF with PhysicalSizeY/X but no PhysicalSizeZ."""
+    meta = {"axes": "ZYX", "PhysicalSizeY": pixel[0], "PhysicalSizeX": pixel[1]}
+    tifffile.imwrite(path, data, ome=True, metadata=meta)
+    return path
+
+
+def test_a_z_step_alone_takes_each_files_own_pixel_size(tmp_path, psf_file, capsys):
+    # one z step for a batch whose files differ in pixel size: each output gets its own
+    # file's y and x, not the first file's (the z step is completed where a file is read)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    pixels = {"fine": (0.1, 0.1), "coarse": (0.2, 0.25)}
+    for seed, (name, pixel) in enumerate(pixels.items()):
+        write_ome_in_plane(data_dir / f"{name}.ome.tif", stack((8, 24, 24), seed), pixel)
+    common = ["--psf", str(psf_file), "--iterations", "1", "-q"]
+    out = tmp_path / "out"
+    assert main(["batch", str(data_dir), "-o", str(out), "--voxel-size", "0.4", *common]) == 0
+    for name, pixel in pixels.items():
+        result = read_tiff(out / f"{name}_deconvolved.ome.tif")
+        np.testing.assert_allclose(result.voxel_size_um, (0.4, *pixel), rtol=1e-6)
+    # the same from a settings file: --write-config keeps the z step alone, not a pixel size
+    assert main(["batch", "--write-config", "--voxel-size", "0.4"]) == 0
+    config = tmp_path / "settings.yaml"
+    config.write_text(capsys.readouterr().out)
+    assert DeconvolutionSettings.from_yaml(config.read_text()).voxel_size_um == (0.4,)
+    from_config = tmp_path / "from_config"
+    args = ["batch", str(data_dir), "-o", str(from_config), "--config", str(config), *common]
+    assert main(args) == 0
+    for name, pixel in pixels.items():
+        result = read_tiff(from_config / f"{name}_deconvolved.ome.tif")
+        np.testing.assert_allclose(result.voxel_size_um, (0.4, *pixel), rtol=1e-6)

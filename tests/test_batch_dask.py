@@ -215,3 +215,33 @@ def test_an_interrupted_dask_batch_sets_its_stop_event(
     with pytest.raises(KeyboardInterrupt):
         runner._run_dask([job], client, bars, [], logging.getLogger("test").info)
     assert Event("deconflow-stop-ctrl-c", client=client).is_set()
+
+
+def test_a_z_step_alone_is_completed_per_file_on_the_workers(tmp_path, in_process_client):
+    # the jobs carry the z step alone to the workers; each completes it with its own file's
+    # pixel size, so one batch can mix pixel sizes
+    import io
+    import logging
+    import pickle
+
+    from deconflow.batch import runner
+    from deconflow.batch.task import FileJob
+
+    from .test_batch import write_ome_in_plane
+
+    psf = write_imagej(tmp_path / "bead.tif", gaussian_psf(1.2), "ZYX")
+    settings = DeconvolutionSettings.from_options("rl", device="cpu", iterations=1)
+    pixels = {"fine": (0.1, 0.1), "coarse": (0.2, 0.25)}
+    jobs = []
+    for seed, (name, pixel) in enumerate(pixels.items()):
+        source = write_ome_in_plane(tmp_path / f"{name}.ome.tif", stack((8, 24, 24), seed), pixel)
+        output = tmp_path / "out" / f"{name}.ome.tif"
+        jobs.append(FileJob(str(source), str(output), (str(psf),), settings, voxel_size_um=(0.4,)))
+    assert pickle.loads(pickle.dumps(jobs[0])) == jobs[0]  # as sent to a worker process
+    done: list = []
+    bars = runner._Bars(len(jobs), True, io.StringIO())
+    runner._run_dask(jobs, in_process_client, bars, done, logging.getLogger("test").info)
+    assert sorted(o.status for o in done) == ["done", "done"], [o.message for o in done]
+    for name, pixel in pixels.items():
+        result = read_tiff(tmp_path / "out" / f"{name}.ome.tif")
+        np.testing.assert_allclose(result.voxel_size_um, (0.4, *pixel), rtol=1e-6)

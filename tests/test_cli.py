@@ -355,6 +355,8 @@ def test_run_asks_for_the_z_step_an_ome_tiff_lacks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cells.ome.tif" in err and "PhysicalSizeZ" in err, err
     assert "--voxel-size Z 0.1 0.1" in err and not out.exists(), err
+    # the short form is offered too: the z step alone, y and x from the file
+    assert "--voxel-size 0.3 (y and x are then read from the file)" in err, err
     voxel = ["--voxel-size", "0.3", "0.1", "0.1"]
     assert main(["run", str(image), "--psf", psf, "-o", str(out), *voxel, *options]) == 0
     np.testing.assert_allclose(read_tiff(out).voxel_size_um, (0.3, 0.1, 0.1), rtol=1e-6)
@@ -365,6 +367,71 @@ def test_run_asks_for_the_z_step_an_ome_tiff_lacks(tmp_path, capsys):
     assert main(["run", str(image), "--psf", str(bead), "-o", str(other), *voxel, *options]) == 2
     err = capsys.readouterr().err
     assert "bead.ome.tif" in err and "--psf-voxel-size Z 0.1 0.1" in err, err
+    assert "--psf-voxel-size 0.3 (y and x" in err and "psf_voxel_size_um: [Z]" in err, err
+
+
+def _write_ome_in_plane(path, data, y: float, x: float):
+    """An OME-TIFF with PhysicalSizeY/X but no PhysicalSizeZ (as some exporters write)."""
+    in_plane = {"PhysicalSizeY": y, "PhysicalSizeX": x}
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZYX", **in_plane})
+    return path
+
+
+def test_run_takes_a_z_step_alone_and_the_pixel_size_from_the_file(tmp_path):
+    # --voxel-size took 2 or 3 numbers: a file recording y and x but no z needed them all
+    # typed again, the pixel size copied by hand from the error message
+    data = np.random.default_rng(0).poisson(10.0, (6, 20, 20)).astype(np.uint16)
+    image = _write_ome_in_plane(tmp_path / "cells.ome.tif", data, 0.1, 0.12)
+    bead = _write_ome_in_plane(
+        tmp_path / "bead.ome.tif", read_tiff(SAMPLE_DATA / "confocal_bead.tif").data, 0.02, 0.02
+    )
+    options = ["--psf", str(bead), "--iterations", "2", "-q"]
+    out = tmp_path / "short.ome.tif"
+    z_alone = ["--voxel-size", "0.3", "--psf-voxel-size", "0.125"]
+    assert main(["run", str(image), "-o", str(out), *z_alone, *options]) == 0
+    np.testing.assert_allclose(read_tiff(out).voxel_size_um, (0.3, 0.1, 0.12), rtol=1e-6)
+    record = read_ome_description(out)
+    np.testing.assert_allclose(record["settings"]["voxel_size_um"], (0.3, 0.1, 0.12))
+    np.testing.assert_allclose(record["settings"]["psf_voxel_size_um"], (0.125, 0.02, 0.02))
+    # three numbers override the file, as before
+    full = tmp_path / "full.ome.tif"
+    three = ["--voxel-size", "0.5", "0.2", "0.2", "--psf-voxel-size", "0.125", "0.02", "0.02"]
+    assert main(["run", str(image), "-o", str(full), *three, *options]) == 0
+    np.testing.assert_allclose(read_tiff(full).voxel_size_um, (0.5, 0.2, 0.2), rtol=1e-6)
+    # a file with a whole voxel size: the z step alone replaces its z, y and x stay the file's
+    tifffile.imwrite(
+        tmp_path / "known.ome.tif",
+        data,
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeZ": 0.2, "PhysicalSizeY": 0.1, "PhysicalSizeX": 0.1},
+    )
+    known = tmp_path / "known_out.ome.tif"
+    assert main(["run", str(tmp_path / "known.ome.tif"), "-o", str(known), *z_alone, *options]) == 0
+    np.testing.assert_allclose(read_tiff(known).voxel_size_um, (0.3, 0.1, 0.1), rtol=1e-6)
+
+
+def test_a_z_step_alone_for_a_file_without_pixel_size_names_the_fix(tmp_path, capsys):
+    data = np.random.default_rng(0).poisson(10.0, (6, 20, 20)).astype(np.uint16)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, data)  # no calibration at all
+    psf = str(SAMPLE_DATA / "confocal_bead.tif")
+    out = tmp_path / "out.ome.tif"
+    args = ["run", str(plain), "--psf", psf, "-o", str(out), "--iterations", "2", "-q"]
+    assert main([*args, "--voxel-size", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "plain.tif records no pixel size" in err and "--voxel-size 0.3 Y X" in err, err
+    assert not out.exists()
+    # a 2D image has no z step to give
+    flat, flat_psf = tmp_path / "flat.tif", tmp_path / "flat_psf.tif"
+    tifffile.imwrite(flat, data[0])
+    tifffile.imwrite(flat_psf, read_tiff(psf).data[16])
+    args_2d = ["run", str(flat), "--psf", str(flat_psf), "-o", str(out), "-q"]
+    args_2d += ["--voxel-size", "0.3"]
+    assert main(args_2d) == 2
+    assert "flat.tif is a 2D image" in capsys.readouterr().err
+    # four numbers are still refused by the flag itself, which now names the short form
+    assert main([*args, "--voxel-size", "0.3", "0.1", "0.1", "0.1"]) == 2
+    assert "1 (the z step alone" in capsys.readouterr().err
 
 
 def test_run_a_hyperstack_into_ome_zarr_writes_ngff_axis_order(tmp_path):

@@ -73,7 +73,8 @@ def add_voxel_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="UM",
-        help="image voxel size z y x in µm (default: from the file)",
+        help="image voxel size in µm: Z Y X, or Z alone (the z step) to read Y X from each "
+        "file (default: all from the file)",
     )
     parser.add_argument(
         "--psf-voxel-size",
@@ -81,17 +82,24 @@ def add_voxel_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="UM",
-        help="PSF voxel size z y x in µm (default: from the file, else the image's)",
+        help="PSF voxel size in µm: Z Y X, or Z alone to read Y X from the PSF file "
+        "(default: from the file, else the image's)",
     )
 
 
 def check_voxel_argument(values: Sequence[float] | None, flag: str) -> tuple[float, ...] | None:
-    """Validate a voxel-size flag: 2 (y x) or 3 (z y x) positive numbers."""
+    """Validate a voxel-size flag: 3 (z y x), 2 (y x) or 1 (z alone) positive numbers.
+
+    One number is the z step alone: each file's pixel size completes it where the file
+    is read (in :mod:`deconflow.batch.task`, on the worker), as the files of a batch may
+    differ in pixel size.
+    """
     if values is None:
         return None
-    if len(values) not in (2, 3) or any(not v > 0 for v in values):
+    if len(values) not in (1, 2, 3) or any(not v > 0 for v in values):
         raise DeconflowError(
-            f"{flag} takes 3 (z y x) or 2 (y x) positive sizes in µm, got {list(values)}."
+            f"{flag} takes 3 (z y x), 2 (y x) or 1 (the z step alone; y x from the file) "
+            f"positive sizes in µm, got {list(values)}."
         )
     return tuple(float(v) for v in values)
 

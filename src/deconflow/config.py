@@ -147,9 +147,13 @@ class DeconvolutionSettings:
     method : str
         ``"rl"`` (Richardson–Lucy, default), ``"rl-tv"``, ``"wiener"`` or ``"flow"``.
     voxel_size_um : tuple of float or None
-        Image voxel size (z, y, x) or (y, x) in micrometres.
+        Image voxel size (z, y, x) or (y, x) in micrometres. Where the image is
+        a file (the ``deconflow`` command and its settings files) also ``(z,)``:
+        the z step alone, completed with each file's pixel size (y, x). An array
+        has no pixel size, so ``deconflow.deconvolve`` needs all three.
     psf_voxel_size_um : tuple of float or None
-        PSF voxel size; ``None`` means the same as the image's.
+        PSF voxel size, also ``(z,)`` for a PSF file; ``None`` means the same as
+        the image's.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     background : float or None
@@ -216,9 +220,11 @@ class DeconvolutionSettings:
             value = getattr(self, name)
             if value is not None and any(not 0 < v < np.inf for v in value):
                 raise DeconflowError(f"{name} must be finite, positive micrometres, got {value}.")
+        # a z step alone, (z,), is completed from each file's pixel size: any length fits
         if (
             self.voxel_size_um is not None
             and self.psf_voxel_size_um is not None
+            and 1 not in (len(self.voxel_size_um), len(self.psf_voxel_size_um))
             and len(self.voxel_size_um) != len(self.psf_voxel_size_um)
         ):
             raise DeconflowError(

@@ -246,7 +246,8 @@ def commented_yaml(settings: DeconvolutionSettings | None = None) -> str:
         "# deconflow deconvolution settings "
         f"(schema version {settings.schema_version}), for --config.",
         "# Command-line flags override these values. null voxel sizes are read from each",
-        "# file's metadata; only the section of the chosen method is used.",
+        "# file's metadata, and a z step alone ([Z]) takes y and x from it; only the section",
+        "# of the chosen method is used.",
     ]
     for field in dataclasses.fields(DeconvolutionSettings):
         if not field.init:

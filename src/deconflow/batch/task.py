@@ -62,7 +62,9 @@ class FileJob:
         Settings from ``--config`` and flags; voxel sizes still ``None`` are
         read from each file.
     voxel_size_um, psf_voxel_size_um : tuple of float or None
-        ``--voxel-size`` / ``--psf-voxel-size`` overrides.
+        ``--voxel-size`` / ``--psf-voxel-size`` overrides: (z, y, x), (y, x), or
+        ``(z,)``, the z step alone, which each file's own pixel size completes when
+        the task reads it.
     overwrite : bool
         Replace an existing output that was made with other settings or
         inputs (or not by deconflow). A matching output is always kept.
@@ -144,8 +146,8 @@ def _require_z_step(path: str | Path, image: TiffImage, flag: str, key: str) -> 
     Raises
     ------
     DeconflowError
-        Naming the file and the ``flag`` (or settings ``key``) to give, with the
-        file's pixel size filled in.
+        Naming the file and the ``flag`` (or settings ``key``) to give: the z step
+        alone, or all three sizes with the file's pixel size filled in.
     """
     if image.voxel_size_um is not None or image.pixel_size_um is None:
         return
@@ -154,9 +156,56 @@ def _require_z_step(path: str | Path, image: TiffImage, flag: str, key: str) -> 
     y, x = image.pixel_size_um
     raise DeconflowError(
         f"{Path(path).name} records its pixel size (y {y:g} µm, x {x:g} µm) but no z step "
-        f"(OME PhysicalSizeZ missing or unreadable); pass the z step with {flag} Z {y:g} "
-        f"{x:g} (Z in µm), or set {key}: [Z, {y:g}, {x:g}] in the settings file."
+        f"(OME PhysicalSizeZ missing or unreadable); pass the z step alone in µm, e.g. "
+        f"{flag} 0.3 (y and x are then read from the file), or all three with {flag} Z {y:g} "
+        f"{x:g}; in a settings file, {key}: [Z] or [Z, {y:g}, {x:g}]."
     )
+
+
+def _complete_z_step(
+    flag_value: VoxelSize | None,
+    settings_value: VoxelSize | None,
+    image: TiffImage,
+    path: str | Path,
+    flag: str,
+    key: str,
+) -> VoxelSize | None:
+    """Return the voxel size given (flag, else settings), a z step alone completed to (z, y, x).
+
+    A z step alone, ``(z,)``, takes the file's pixel size; any other value (three
+    sizes, two for a 2D image) overrides the file's metadata and is returned as it
+    is. Done per file where the file is read (on a Dask worker in a batch), since the
+    files of one batch may have different pixel sizes. A settings value the flag
+    overrides is never completed, so it cannot fail a file.
+
+    Raises
+    ------
+    DeconflowError
+        If the file is 2D (it has no z step) or records no pixel size to complete
+        the z step with; the message names the ``flag`` or settings ``key`` given.
+    """
+    given = flag_value or settings_value
+    if given is None or len(given) != 1:
+        return given
+    z = float(given[0])
+    name = Path(path).name
+    what, full = (
+        (f"{flag} {z:g}", f"{flag} {z:g} Y X")
+        if flag_value
+        else (f"{key}: [{z:g}] (settings file)", f"{key}: [{z:g}, Y, X]")
+    )
+    if sum(1 for a in image.axes if a in "ZYX") < 3:
+        raise DeconflowError(
+            f"{what} is a z step alone, but {name} is a 2D image (axes {image.axes!r}) with "
+            "no z axis; give its pixel size as two sizes (y x) instead, or none to read it "
+            "from the file."
+        )
+    if image.pixel_size_um is None:
+        raise DeconflowError(
+            f"{what} is a z step alone, but {name} records no pixel size to take y and x "
+            f"from; give all three sizes in µm: {full}."
+        )
+    return (z, *image.pixel_size_um)
 
 
 def _to_axes(data: np.ndarray, axes: str, target: str) -> np.ndarray:
@@ -217,10 +266,36 @@ def _deconvolve(
                 f"{source.name} has {spatial} spatial axes (axes {image.axes!r}); give a PSF "
                 "with the image's spatial axes (a 3D bead stack for Z stacks, 2D for YX images)."
             )
+    # a z step alone takes the pixel size of this file (of each PSF file, which must agree)
+    voxel = _complete_z_step(
+        job.voxel_size_um,
+        job.settings.voxel_size_um,
+        image,
+        source,
+        "--voxel-size",
+        "voxel_size_um",
+    )
+    psf_voxel = {
+        _complete_z_step(
+            job.psf_voxel_size_um,
+            job.settings.psf_voxel_size_um,
+            psf,
+            psf_path,
+            "--psf-voxel-size",
+            "psf_voxel_size_um",
+        )
+        for psf_path, psf in zip(job.psfs, psfs, strict=True)
+    }
+    if len(psf_voxel) > 1:
+        raise DeconflowError(
+            f"The PSF files have different pixel sizes {sorted(map(str, psf_voxel))}, so one "
+            "z step cannot stand for all of them; give all three sizes with --psf-voxel-size "
+            "Z Y X, or resample the PSFs to one voxel size."
+        )
     settings = resolve_voxel_sizes(
         job.settings,
-        flag=job.voxel_size_um,
-        psf_flag=job.psf_voxel_size_um,
+        flag=voxel,
+        psf_flag=psf_voxel.pop(),
         from_image=image.voxel_size_um,
         from_psf=psfs[0].voxel_size_um,
     )
