@@ -728,3 +728,74 @@ def test_a_multiscale_layer_is_deconvolved_at_full_resolution(wait_idle, viewer_
     widget.run(preview=True)
     wait_idle(widget)
     assert viewer.layers["pyramid preview (rl)"].data.shape == (4, 16, 16)
+
+
+def _write_in_plane_only(path, psf, pixel):
+    """A PSF OME-TIFF with PhysicalSizeY/X but no PhysicalSizeZ."""
+    import tifffile
+
+    meta = {"axes": "ZYX", "PhysicalSizeY": pixel[0], "PhysicalSizeX": pixel[1]}
+    tifffile.imwrite(path, psf, ome=True, metadata=meta)
+    return path
+
+
+@pytest.fixture
+def warnings_shown():
+    """Warning notifications shown while the test runs (their messages)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    seen: list[str] = []
+
+    def record(event) -> None:
+        if event.severity == NotificationSeverity.WARNING:
+            seen.append(str(event.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def test_a_psf_file_with_a_pixel_size_but_no_z_step_keeps_its_pixel_size(
+    wait_idle, viewer_widget, simulated, tmp_path, warnings_shown
+):
+    # was taken at the image's whole voxel size: the pixel size the file records was
+    # dropped, and the PSF resampled as if its pixels were the image's
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    viewer.add_image(psf, name="bead psf")  # napari's default scale: the image's voxel size
+    assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
+    widget.psf_source.value = "file"
+    widget.psf_file.value = _write_in_plane_only(tmp_path / "bead.ome.tif", psf, (0.04, 0.05))
+    # the file's pixel size, the z step from the field: the image's, as it was shown
+    assert widget.psf_voxel.get(3) == pytest.approx((SCALE[0], 0.04, 0.05))
+    assert len(warnings_shown) == 1, warnings_shown
+    assert "bead.ome.tif" in warnings_shown[0] and "no z step" in warnings_shown[0]
+    assert "0.2 µm (the image's)" in warnings_shown[0]
+    # the z step follows the image's as the whole voxel size did; the pixel size stays
+    widget.image.value = viewer.add_image(measured, name="other cells", scale=OTHER)
+    assert widget.psf_voxel.get(3) == pytest.approx((OTHER[0], 0.04, 0.05))
+    widget.image.value = viewer.layers["cells"]
+    assert widget.settings().psf_voxel_size_um == pytest.approx((SCALE[0], 0.04, 0.05))
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    settings = viewer.layers["cells deconvolved (rl)"].metadata["deconflow"]["settings"]
+    assert settings["psf_voxel_size_um"] == pytest.approx([SCALE[0], 0.04, 0.05])
+    # a z step typed before choosing the file is kept, and no longer follows the image
+    widget.psf_voxel[0].native.setValue(0.15)
+    widget.psf_file.value = _write_in_plane_only(tmp_path / "bead2.ome.tif", psf, (0.03, 0.03))
+    assert widget.psf_voxel.get(3) == pytest.approx((0.15, 0.03, 0.03))
+    assert "0.15 µm (the one in the field)" in warnings_shown[-1]
+    widget.image.value = viewer.layers["other cells"]
+    assert widget.psf_voxel.get(3) == pytest.approx((0.15, 0.03, 0.03))
+
+
+def test_a_z_step_alone_from_settings_fills_only_the_z_boxes(viewer_widget, simulated):
+    # deconflow batch --write-config --voxel-size 0.4 writes voxel_size_um: [0.4]; the form
+    # put 0.4 into the x box, as if it were a size (x,)
+    viewer, widget = viewer_widget
+    viewer.add_image(simulated[0], name="cells", scale=SCALE)
+    widget.set_settings(DeconvolutionSettings(voxel_size_um=(0.4,), psf_voxel_size_um=(0.5,)))
+    assert widget.voxel.get(3) == pytest.approx((0.4, *SCALE[1:]))
+    assert widget.psf_voxel.get(3) == pytest.approx((0.5, *SCALE[1:]))

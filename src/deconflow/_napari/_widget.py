@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -33,7 +34,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
 from deconflow._errors import DeconflowError
 from deconflow._napari._fields import MethodOptions, Options, method_label
@@ -94,8 +95,11 @@ class _VoxelEdit(Container):
         return tuple(float(b.value) for b in self._boxes[3 - ndim :])
 
     def set(self, sizes: Sequence[float]) -> None:
-        """Fill in ``(z, y, x)`` or ``(y, x)`` sizes."""
-        for box, value in zip(self._boxes[3 - len(sizes) :], sizes, strict=True):
+        """Fill in ``(z, y, x)`` or ``(y, x)`` sizes, or with one number the z step alone."""
+        # one number is the z step alone, as a settings file may hold it (deconflow batch
+        # --write-config --voxel-size Z): the pixel size shown stays
+        boxes = self._boxes[:1] if len(sizes) == 1 else self._boxes[3 - len(sizes) :]
+        for box, value in zip(boxes, sizes, strict=True):
             box.value = float(value)
 
 
@@ -161,10 +165,12 @@ class DeconvolutionWidget(Container):
         # pickers (any layer added or removed) re-emits the current choice, and that must not
         # overwrite a PSF voxel size the user typed or loaded with set_settings
         self._psf_voxel_source: object = None
-        # True while the PSF voxel size shown is the image's, taken for a PSF without voxel
-        # metadata: it then follows the image's, or choosing another image (or typing its
-        # voxel size) would leave the PSF resampled at the old image's voxels
-        self._psf_voxel_is_image_voxel = False
+        # the PSF voxel sizes that are the image's and follow it: "zyx" for a PSF without
+        # voxel metadata, "z" for a PSF file that records its pixel size but no z step,
+        # "" for a PSF's own or typed sizes. Until a PSF is chosen its voxel size is the
+        # image's, as the pipeline takes none. Without the following, choosing another
+        # image (or typing its voxel size) would leave the PSF resampled at the old one's
+        self._psf_voxel_follows = "zyx"
         self.image = ComboBox(label="Image", choices=lambda _: _image_layers(viewer))
         self.axes = LineEdit(label="Axes", tooltip="e.g. ZYX, CZYX, TCZYX")
         self.voxel = _VoxelEdit("Voxel zyx µm")
@@ -298,9 +304,34 @@ class DeconvolutionWidget(Container):
             show_error(f"deconflow: cannot read the PSF file: {exc}")
             return
         self._psf_voxel_source = str(path)
+        if psf.voxel_size_um is None and psf.pixel_size_um is not None:
+            self._show_psf_pixel_size(psf.pixel_size_um, Path(str(path)).name)
+            return
         # a file without voxel metadata is taken at the image's voxel size, as the CLI does;
         # keeping the sizes shown (the defaults or another PSF's) would resample it wrongly
         self._show_psf_voxel(psf.voxel_size_um)
+
+    def _show_psf_pixel_size(self, pixel_size: tuple[float, float], name: str) -> None:
+        """Show a PSF file's pixel size (y, x) with the z step in the field, and say so.
+
+        An OME-TIFF may record PhysicalSizeY/X but no PhysicalSizeZ. The pixel size it
+        records is the PSF's, whatever the image's; the z step is kept from the field:
+        the image's (and following it) while the PSF voxel size was, else the one typed
+        or loaded. The CLI asks for the z step instead; here the field always holds one,
+        so a warning names the z step taken for the user to check.
+        """
+        z = self.psf_voxel.get(3)[0]
+        with self.psf_voxel.changed.blocked():
+            self.psf_voxel.set((z, *pixel_size))
+        following = bool(self._psf_voxel_follows)
+        self._psf_voxel_follows = "z" if following else ""
+        y, x = pixel_size
+        origin = "the image's" if following else "the one in the field"
+        show_warning(
+            f"deconflow: {name} records its pixel size (y {y:g} µm, x {x:g} µm) but no z "
+            f"step; its z step is taken as {z:g} µm ({origin}). Type the bead stack's z step "
+            "into PSF voxel z if it was taken with another one."
+        )
 
     def _show_psf_voxel(self, sizes: Sequence[float] | None) -> None:
         """Show the PSF's own voxel size ``sizes``, or with ``None`` the image's from now on.
@@ -310,15 +341,18 @@ class DeconvolutionWidget(Container):
         """
         with self.psf_voxel.changed.blocked():
             self.psf_voxel.set(self.voxel.get(3) if sizes is None else sizes)
-        self._psf_voxel_is_image_voxel = sizes is None
+        self._psf_voxel_follows = "zyx" if sizes is None else ""
 
     def _on_image_voxel(self) -> None:
-        if self._psf_voxel_is_image_voxel:
+        if self._psf_voxel_follows == "zyx":
             self._show_psf_voxel(None)
+        elif self._psf_voxel_follows == "z":  # a PSF file's pixel size stays
+            with self.psf_voxel.changed.blocked():
+                self.psf_voxel.set(self.voxel.get(3)[:1])
 
     def _on_psf_voxel_typed(self) -> None:
         # a size the user typed is theirs: a later image (or its voxel size) must not replace it
-        self._psf_voxel_is_image_voxel = False
+        self._psf_voxel_follows = ""
 
     # -- settings -----------------------------------------------------------
     def _spatial_ndim(self) -> int:
