@@ -799,3 +799,25 @@ def test_a_z_step_alone_from_settings_fills_only_the_z_boxes(viewer_widget, simu
     widget.set_settings(DeconvolutionSettings(voxel_size_um=(0.4,), psf_voxel_size_um=(0.5,)))
     assert widget.voxel.get(3) == pytest.approx((0.4, *SCALE[1:]))
     assert widget.psf_voxel.get(3) == pytest.approx((0.5, *SCALE[1:]))
+
+
+@pytest.mark.parametrize("background", [2e-7, 3.5e-9, 0.0042, 123456.789])
+def test_a_background_of_any_magnitude_survives_the_form(viewer_widget, background):
+    # a spin box with 6 decimals read 2e-7 (an image scaled to unit sum) as 0.0
+    _, widget = viewer_widget
+    widget.set_settings(DeconvolutionSettings(background=background))
+    assert widget.settings().background == background
+
+
+def test_a_typed_background_in_scientific_notation_is_read(viewer_widget, errors):
+    viewer, widget = viewer_widget
+    widget.background_auto.value = False
+    widget.background.value = "2.5e-7"
+    assert widget.settings().background == 2.5e-7
+    widget.background.value = "0,004"  # a decimal comma
+    assert widget.settings().background == 0.004
+    viewer.add_image(np.ones((8, 16, 16), np.float32), name="cells")
+    for text, message in (("about 3", "Background: cannot read"), ("-1", "background must")):
+        widget.background.value = text
+        assert widget.run() is None
+        assert message in errors[-1], errors

@@ -192,9 +192,13 @@ class DeconvolutionWidget(Container):
         self.device = ComboBox(label="Device", choices=_device_choices(), value="auto")
         self.show_advanced = CheckBox(text="Advanced options", value=False)
         self.background_auto = CheckBox(label="Estimate background", value=True)
-        self.background = FloatSpinBox(label="Background", value=0.0, min=0.0, max=1e9)
-        # Qt's default 2 decimals would turn a float image's background of 0.004 into 0
-        self.background.native.setDecimals(6)
+        # text, not a spin box: a spin box rounds to its decimals (6 turned a background under
+        # 5e-7, in a float image scaled to a sum or a small peak, into 0) and takes no "2e-7"
+        self.background = LineEdit(
+            label="Background",
+            value="0",
+            tooltip="Constant background in the image's units, e.g. 100 or 2e-7",
+        )
         self.prepare_psf = CheckBox(label="Prepare PSF (bead)", value=True)
         self.common_options = Options(DeconvolutionSettings, tuple(_COMMON))
         for name, tooltip in _COMMON.items():
@@ -379,11 +383,23 @@ class DeconvolutionWidget(Container):
             voxel_size=self.voxel.get(ndim),
             psf_voxel_size=self.psf_voxel.get(ndim),
             device=self.device.value,
-            background="auto" if self.background_auto.value else float(self.background.value),
+            background="auto" if self.background_auto.value else self._background(),
             prepare_psf=bool(self.prepare_psf.value),
             **common,
             **options,
         )
+
+    def _background(self) -> float:
+        """Return the background typed; the settings check its range."""
+        text = self.background.value.strip()
+        try:
+            return float(text.replace(",", "."))  # a decimal comma, as some locales type it
+        except ValueError:
+            raise DeconflowError(
+                f"Background: cannot read {text!r}; give a number in the image's units (e.g. "
+                "100, or 2e-7 for an image scaled to small values), or tick Estimate "
+                "background."
+            ) from None
 
     def set_settings(self, settings: DeconvolutionSettings) -> None:
         """Fill the form from ``settings`` (e.g. read with ``DeconvolutionSettings.from_yaml``)."""
@@ -392,7 +408,8 @@ class DeconvolutionWidget(Container):
             self.device.choices = [*self.device.choices, settings.device]
         self.device.value = settings.device
         self.background_auto.value = settings.background is None
-        self.background.value = settings.background or 0.0
+        # repr: the shortest text that reads back as the same float (2e-07, 0.0042, 100.0)
+        self.background.value = repr(settings.background or 0.0)
         self.prepare_psf.value = settings.prepare_psf
         if settings.voxel_size_um is not None:
             self.voxel.set(settings.voxel_size_um)
