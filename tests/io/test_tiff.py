@@ -210,7 +210,7 @@ def _ome_file_with(path, z_size: str) -> None:
     tifffile.imwrite(path, data, ome=True, metadata=meta)
     with tifffile.TiffFile(path) as tif:
         xml = tif.ome_metadata.replace('PhysicalSizeZ="0.3"', z_size)
-    tifffile.imwrite(path, data, description=xml, metadata=None)
+    tifffile.imwrite(path, data, description=xml, metadata=None, photometric="minisblack")
 
 
 @pytest.mark.parametrize(

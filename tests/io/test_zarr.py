@@ -221,7 +221,7 @@ def test_write_refuses_axes_out_of_ngff_order_and_bad_voxel_sizes(tmp_path, axes
 
 def test_read_image_picks_the_reader_by_path(tmp_path):
     tiff = tmp_path / "a.tif"
-    tifffile.imwrite(tiff, np.full((3, 4, 5), 7, np.uint16))
+    tifffile.imwrite(tiff, np.full((3, 4, 5), 7, np.uint16), photometric="minisblack")
     assert read_image(tiff).data[0, 0, 0] == 7
     store = write_ome_zarr(tmp_path / "b", np.full((3, 4, 5), 9.0, np.float32), axes="ZYX")
     # no .zarr suffix: found by its .zgroup
