@@ -23,20 +23,32 @@ def viewer_widget(make_napari_viewer):
     return viewer, widget
 
 
-@pytest.fixture
-def errors():
-    """Error notifications shown while the test runs (their messages)."""
+def _notifications(severity: str):
+    """Yield the list of messages of ``severity`` ("error", "warning") shown meanwhile."""
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
+    wanted = NotificationSeverity(severity)
     seen: list[str] = []
 
     def record(event) -> None:
-        if event.severity == NotificationSeverity.ERROR:
+        if event.severity == wanted:
             seen.append(str(event.message))
 
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def errors():
+    """Error notifications shown while the test runs (their messages)."""
+    yield from _notifications("error")
+
+
+@pytest.fixture
+def warnings_shown():
+    """Warning notifications shown while the test runs (their messages)."""
+    yield from _notifications("warning")
 
 
 @pytest.fixture

@@ -739,22 +739,6 @@ def _write_in_plane_only(path, psf, pixel):
     return path
 
 
-@pytest.fixture
-def warnings_shown():
-    """Warning notifications shown while the test runs (their messages)."""
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    seen: list[str] = []
-
-    def record(event) -> None:
-        if event.severity == NotificationSeverity.WARNING:
-            seen.append(str(event.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def test_a_psf_file_with_a_pixel_size_but_no_z_step_keeps_its_pixel_size(
     wait_idle, viewer_widget, simulated, tmp_path, warnings_shown
 ):
