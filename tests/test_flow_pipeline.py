@@ -214,3 +214,19 @@ def test_a_given_background_bounds_the_estimated_camera_offset():
     assert photons.min() > 30
     assert offset_in_notes(background=OFFSET + 2.0) == OFFSET + 2.0
     assert offset_in_notes() > OFFSET + 20.0  # estimated background: no bound
+
+
+def test_an_image_in_small_units_deconvolves_as_in_camera_units(stack):
+    # a float image scaled to a sum of 1 holds values ~1e-7: the noise calibration and the
+    # prior's normalisation must scale with it (absolute floors made this run fall back to
+    # the first estimate). A power of 2 scales every float exactly.
+    image, psf, _ = stack
+    scale = 2.0**-30
+    fast = {"steps": 2, "em_iterations": 3, "seed": 0}  # camera noise estimated
+    ref = deconflow.deconvolve(
+        image, psf, method="flow", background=BACKGROUND, device="cpu", **fast
+    )
+    small = deconflow.deconvolve(
+        image * scale, psf, method="flow", background=BACKGROUND * scale, device="cpu", **fast
+    )
+    np.testing.assert_allclose(small / scale, ref, rtol=0, atol=1e-3 * float(ref.max()))

@@ -217,3 +217,18 @@ def test_camera_noise_of_a_stack_too_thin_for_the_residual_names_the_fix(shape):
     image = np.random.default_rng(14).poisson(10.0, shape).astype(np.float64)
     with pytest.raises(DeconflowError, match=r"at least 3x3 in-plane.*give gain"):
         estimate_camera_noise(image)
+
+
+@pytest.mark.parametrize("with_psf", [False, True])
+def test_camera_noise_scales_with_the_image_units(with_psf):
+    # a float image in small units (scaled to a sum of 1: gain ~1e-9 units per photon) is
+    # the same camera: every estimate scales with the image (an absolute 1e-6 floor on
+    # the gain made it 1000 times too high). A power of 2 scales every float exactly.
+    image, psf, _ = _sharp_confocal_stack(40, seed=4)
+    scale = 2.0**-30
+    kwargs = {"psf": psf} if with_psf else {}
+    ref = estimate_camera_noise(image, **kwargs)
+    small = estimate_camera_noise(image * scale, **kwargs)
+    assert small.gain / scale == pytest.approx(ref.gain, rel=1e-6)
+    assert small.offset / scale == pytest.approx(ref.offset, rel=1e-6)
+    assert small.read_sigma / scale == pytest.approx(ref.read_sigma, rel=1e-6)

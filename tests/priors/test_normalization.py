@@ -42,6 +42,9 @@ def test_sparse_faint_structure_is_scaled_by_the_structure_not_the_noise():
 
 def test_flat_volume_keeps_units_and_bad_input_is_refused():
     assert fit_normalization(np.full((4, 8, 8), 7.0)) == Normalization(offset=7.0, scale=1.0)
+    # flat however small its values, and an all-zero volume too
+    assert fit_normalization(np.full((4, 8, 8), 7e-9)).scale == 1.0
+    assert fit_normalization(np.zeros((4, 8, 8))) == Normalization(offset=0.0, scale=1.0)
     with pytest.raises(DeconflowError, match="NaN"):
         fit_normalization(np.array([[1.0, np.nan]]))
     with pytest.raises(DeconflowError):
@@ -66,3 +69,16 @@ def test_half_precision_tensors_are_normalised_like_float32(dtype):
     expected = fit_normalization(low.float().numpy())
     assert norm == expected
     assert norm.scale > 1.0
+
+
+def test_a_volume_in_small_units_is_normalised_like_it_in_large_ones():
+    # a float image scaled to a sum of 1 (values ~1e-9 here) has structure: read as flat,
+    # the flow fell back to its first estimate. A power of 2 scales every float exactly.
+    rng = np.random.default_rng(2)
+    vol = rng.uniform(0.0, 1.0, (6, 16, 16)).astype(np.float32)
+    vol[3, 8, 8] = 40.0
+    scale = 2.0**-30
+    ref = fit_normalization(vol)
+    small = fit_normalization(vol * np.float32(scale))
+    assert small.scale / scale == pytest.approx(ref.scale, rel=1e-6)
+    assert small.offset / scale == pytest.approx(ref.offset, rel=1e-6)

@@ -334,7 +334,7 @@ def estimate_camera_noise(
     Returns
     -------
     CameraNoise
-        The estimated model (gain >= 1e-6).
+        The estimated model (gain >= 1e-6 times the largest bin level).
 
     Warns
     -----
@@ -406,7 +406,9 @@ def estimate_camera_noise(
         gain = 1.0
     else:
         slope, _ = np.polyfit(centres, variances, 1, w=np.sqrt(counts))
-        gain = max(float(slope), 1e-6)
+        # a floor relative to the image's levels, so the estimate scales with the image:
+        # an absolute 1e-6 ADU/photon floored a float image in small units (gain ~1e-9)
+        gain = max(float(slope), 1e-6 * max(abs(c) for c in centres), 1e-30)
     if offset is not None:
         camera_offset = float(offset)
     elif max_offset is not None:

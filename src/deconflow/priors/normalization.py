@@ -99,6 +99,9 @@ def fit_normalization(volume: np.ndarray | torch.Tensor) -> Normalization:
     smooth = ndimage.gaussian_filter(arr, _SMOOTH_SIGMA, mode="nearest")
     offset = float(np.percentile(smooth, _LOW_PERCENTILE))
     scale = float(smooth.max()) - offset
-    # a flat volume has no structure to scale by; keep its units rather than divide by ~0
-    floor = 1e-6 * max(1.0, abs(offset))
+    # a flat volume has no structure to scale by; keep its units rather than divide by ~0.
+    # Relative to the volume's own magnitude (float32 keeps ~7 digits): a float image in
+    # small units (scaled to a sum of 1, values ~1e-7) is not flat, and read as flat its
+    # flow run fell back to the first estimate (3.5 dB lost at a scale of 1e-9)
+    floor = 1e-6 * max(abs(offset), float(np.abs(smooth).max()))
     return Normalization(offset=offset, scale=scale if scale > floor else 1.0)
