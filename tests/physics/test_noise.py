@@ -5,9 +5,8 @@ import pytest
 from scipy import ndimage, signal
 
 from deconflow import DeconflowError, DeconflowWarning
+from deconflow.physics._out_of_band import _filter_diagonal, out_of_band_variance
 from deconflow.physics.noise import (
-    _filter_diagonal,
-    _out_of_band_variance,
     estimate_background,
     estimate_camera_noise,
     estimate_noise_sigma,
@@ -154,7 +153,7 @@ def test_the_out_of_band_noise_variance_holds_at_the_faces(optics):
     total = np.zeros((16, 128, 128))
     for _ in range(4):
         image = 100.0 + rng.normal(0.0, 3.0, total.shape)
-        variance, level = _out_of_band_variance(image, psf) or (image, image)
+        variance, level = out_of_band_variance(image, psf) or (image, image)
         total += variance / 4
         np.testing.assert_allclose(level[:, 1:-1, 1:-1].mean(), 100.0, atol=0.05)
     np.testing.assert_allclose(total[:, 1:-1, 1:-1].mean(axis=(1, 2)), 9.0, rtol=0.06)
