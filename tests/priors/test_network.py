@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deconflow.priors import NetworkConfig, VelocityUNet, flops_per_voxel
+from deconflow.priors import network as network_module
 from deconflow.priors.network import group_norm_by_reduction
 
 
@@ -97,3 +98,43 @@ def test_a_wrong_shape_is_named_as_given(tiny_net, shape):
     # a (B, Z, Y, X) stack without its channel axis was reported as (B, Z, 1, Y, X)
     with pytest.raises(ValueError, match=rf"got \({shape[0]}, {shape[1]}, {shape[2]}"):
         tiny_net(torch.zeros(shape), torch.zeros(shape[0]))
+
+
+def _randomised_net() -> VelocityUNet:
+    torch.manual_seed(0)
+    net = VelocityUNet(NetworkConfig(channels=(8, 16, 16), z_pool=(False, True), groups=4))
+    for p in net.parameters():  # the zero-initialised layers would hide differences
+        torch.nn.init.normal_(p, std=0.2)
+    return net
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 6, 20, 24), (2, 1, 18, 22)])
+def test_cpu_inference_path_matches_the_training_path(shape):
+    # without gradients the CPU folds FiLM into the norm per batch item and pools by a
+    # strided convolution; with them it runs the native kernels it trained with
+    net = _randomised_net()
+    x, t = torch.randn(shape), torch.tensor([0.2, 0.9])
+    trained = net(x.clone().requires_grad_(True), t, 3.0).detach()
+    with torch.no_grad():
+        inferred = net(x, t, 3.0)
+    torch.testing.assert_close(inferred, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_channels_last_inference_stays_close_to_float32():
+    net = _randomised_net()
+    x, t = torch.randn(1, 1, 16, 32, 40), torch.tensor([0.6])
+    with torch.no_grad():
+        expected = net(x, t, 2.0)
+        fast = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fast(x.contiguous(memory_format=torch.channels_last_3d), t, 2.0).float()
+    # bfloat16 keeps 8 significant bits: ~0.4 % per rounding
+    assert float((got - expected).norm() / expected.norm()) < 2e-2
+
+
+@pytest.mark.parametrize("kz", [1, 2])
+def test_average_pool_matches_avg_pool3d(kz):
+    x = torch.randn(2, 3, 4, 6, 10)
+    with torch.no_grad():
+        got = network_module._average_pool(x, kz)
+    torch.testing.assert_close(got, torch.nn.functional.avg_pool3d(x, (kz, 2, 2)))
