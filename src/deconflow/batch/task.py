@@ -30,6 +30,7 @@ from deconflow.batch.settings import resolve_voxel_sizes
 from deconflow.config import DeconvolutionSettings
 from deconflow.io._atomic import atomic_destination
 from deconflow.io._dispatch import is_zarr_path
+from deconflow.io._voxel import complete_z_step
 from deconflow.io._zarr import is_store
 
 if TYPE_CHECKING:
@@ -172,11 +173,11 @@ def _complete_z_step(
 ) -> VoxelSize | None:
     """Return the voxel size given (flag, else settings), a z step alone completed to (z, y, x).
 
-    A z step alone, ``(z,)``, takes the file's pixel size; any other value (three
-    sizes, two for a 2D image) overrides the file's metadata and is returned as it
-    is. Done per file where the file is read (on a Dask worker in a batch), since the
+    Done per file where the file is read (on a Dask worker in a batch), since the
     files of one batch may have different pixel sizes. A settings value the flag
-    overrides is never completed, so it cannot fail a file.
+    overrides is never completed, so it cannot fail a file. The completion itself is
+    :func:`deconflow.io._voxel.complete_z_step`; this chooses the value and how the
+    messages name it.
 
     Raises
     ------
@@ -188,24 +189,13 @@ def _complete_z_step(
     if given is None or len(given) != 1:
         return given
     z = float(given[0])
-    name = Path(path).name
-    what, full = (
+    given_as, full_as = (
         (f"{flag} {z:g}", f"{flag} {z:g} Y X")
         if flag_value
         else (f"{key}: [{z:g}] (settings file)", f"{key}: [{z:g}, Y, X]")
     )
-    if sum(1 for a in image.axes if a in "ZYX") < 3:
-        raise DeconflowError(
-            f"{what} is a z step alone, but {name} is a 2D image (axes {image.axes!r}) with "
-            "no z axis; give its pixel size as two sizes (y x) instead, or none to read it "
-            "from the file."
-        )
-    if image.pixel_size_um is None:
-        raise DeconflowError(
-            f"{what} is a z step alone, but {name} records no pixel size to take y and x "
-            f"from; give all three sizes in µm: {full}."
-        )
-    return (z, *image.pixel_size_um)
+    name = Path(path).name  # the batch names files alone, as in its log
+    return complete_z_step(given, image, name, given_as=given_as, full_as=full_as)
 
 
 def _to_axes(data: np.ndarray, axes: str, target: str) -> np.ndarray:

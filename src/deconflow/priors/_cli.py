@@ -81,11 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--voxel-size",
         type=float,
-        nargs=3,
+        nargs="+",
         default=None,
-        metavar=("Z", "Y", "X"),
-        help="voxel size in µm of every TIFF in --data (overrides their metadata; needed for "
-        "3D stacks without it); with --pair-psf, of the stacks that PSF belongs to",
+        metavar="UM",
+        help="voxel size in µm of every TIFF in --data: Z Y X (overrides their metadata; "
+        "needed for 3D stacks without it), or Z alone (the z step) to read Y X from each "
+        "file; with --pair-psf, Z Y X of the stacks that PSF belongs to",
     )
     p.add_argument("--init", type=Path, default=None, help="weights to fine-tune from")
     p.add_argument("--steps", type=int, default=500, help="optimiser steps (500)")

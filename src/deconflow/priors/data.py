@@ -107,6 +107,33 @@ class GeneratorSource:
         return Batch(torch.from_numpy(np.stack(xs)[:, None]), torch.tensor(aspects))
 
 
+def _given_as(voxel_size_um: Sequence[float] | None, full: bool = False) -> str:
+    """Name a z step alone as given on the command line and in Python, for messages.
+
+    ``full``: the same z step with all three sizes, the fix a message offers.
+    """
+    z = f"{float(voxel_size_um[0]):g}" if voxel_size_um else "Z"
+    if full:
+        return f"--voxel-size {z} Y X (voxel_size_um=({z}, y, x))"
+    return f"--voxel-size {z} (voxel_size_um=({z},))"
+
+
+def _no_voxel_size(path: Path, pixel_size_um: tuple[float, float] | None) -> str:
+    """Return the message for a 3D stack given no voxel size whose metadata record none."""
+    if pixel_size_um is None:
+        return (
+            f"{path} has no (z, y, x) voxel size in its metadata; pass voxel_size_um=(z, y, "
+            "x) (command line: --voxel-size Z Y X) in µm."
+        )
+    y, x = pixel_size_um
+    # the pixel size is known: the z step is all the user has to add
+    return (
+        f"{path} records its pixel size (y {y:g} µm, x {x:g} µm) but no z step; pass the z "
+        "step alone in µm, --voxel-size Z (voxel_size_um=(z,)), to read y and x from each "
+        f"file, or all three, --voxel-size Z {y:g} {x:g}."
+    )
+
+
 def _list_tiffs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DeconflowError(f"Training data folder not found: {folder}")
@@ -133,13 +160,17 @@ class FolderSource:
     patch : sequence of int
         ``(z, y, x)`` patch size; smaller stacks are padded by reflection.
     voxel_size_um : sequence of float, optional
-        ``(z, y, x)`` µm for files whose metadata lack it (and to override it).
+        ``(z, y, x)`` µm for files whose metadata lack it (and to override it), or
+        ``(z,)``, the z step alone: each 3D stack then takes its own pixel size (y, x)
+        from its metadata, as ``deconflow run --voxel-size Z`` does. 2D images need
+        neither (they are told aspect 1).
 
     Raises
     ------
     DeconflowError
         When the folder has no TIFF, or a file is unreadable, has non-spatial axes, holds
-        NaN/Inf values, or is a 3D stack without a voxel size; the message names the file.
+        NaN/Inf values, or is a 3D stack without a voxel size (or, with a z step alone,
+        without a pixel size); the message names the file.
     """
 
     def __init__(
@@ -148,12 +179,18 @@ class FolderSource:
         patch: Sequence[int] = (16, 64, 64),
         voxel_size_um: Sequence[float] | None = None,
     ) -> None:
-        from deconflow.io import read_tiff  # tifffile only when a folder is used
+        # tifffile only when a folder is used
+        from deconflow.io import read_tiff
+        from deconflow.io._voxel import complete_z_step
 
         self.folder = Path(folder)
         self.patch = tuple(int(p) for p in patch)
         # a zero or negative z step made log(aspect) NaN: every loss NaN, blamed on the lr
-        voxel_size_um = check_voxel_size(voxel_size_um, 3, "voxel_size_um (--voxel-size)")
+        voxel_size_um = check_voxel_size(
+            voxel_size_um,
+            1 if voxel_size_um is not None and len(voxel_size_um) == 1 else 3,
+            "voxel_size_um (--voxel-size)",
+        )
         self.volumes: list[np.ndarray] = []
         self.aspects: list[float] = []
         for path in _list_tiffs(self.folder):
@@ -186,12 +223,18 @@ class FolderSource:
             if data.shape[0] == 1:
                 aspect = 1.0  # one plane: a 2D image, used by the plane steps only
             else:
-                vs = voxel_size_um or image.voxel_size_um
+                # only the stacks need a voxel size: a 2D image is told aspect 1 whatever
+                # was given, so a z step alone must not refuse one that records no pixel size
+                vs = complete_z_step(
+                    voxel_size_um,
+                    image,
+                    path,
+                    given_as=_given_as(voxel_size_um),
+                    full_as=_given_as(voxel_size_um, full=True),
+                )
+                vs = vs or image.voxel_size_um
                 if vs is None or len(vs) != 3 or not all(np.isfinite(vs)):
-                    raise DeconflowError(
-                        f"{path} has no (z, y, x) voxel size in its metadata; pass "
-                        "voxel_size_um=(z, y, x) (command line: --voxel-size Z Y X) in µm."
-                    )
+                    raise DeconflowError(_no_voxel_size(path, image.pixel_size_um))
                 aspect = float(vs[0] / vs[-1])
             self.volumes.append(fit_normalization(data).apply(data))
             self.aspects.append(aspect)

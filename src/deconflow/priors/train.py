@@ -12,7 +12,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy
@@ -56,8 +56,9 @@ class TrainConfig:
         Folder of sharp TIFF stacks; ``None`` uses the built-in generator.
     voxel_size_um : tuple of float or None
         ``(z, y, x)`` µm of every TIFF in ``data``: overrides their metadata, needed for
-        3D stacks without it. With ``pair_psf``: the voxel size of the stacks that PSF
-        belongs to, at which the pairs are drawn.
+        3D stacks without it. Or ``(z,)``, the z step alone: each stack in ``data``
+        takes its own pixel size (y, x) from its metadata. With ``pair_psf``: the voxel
+        size (all three) of the stacks that PSF belongs to, at which the pairs are drawn.
     init : Path or None
         Weights to start from (fine-tuning); default: a new network.
     channels : tuple of int
@@ -122,7 +123,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     seed: int = 0
     data: Path | None = None
-    voxel_size_um: tuple[float, float, float] | None = None
+    voxel_size_um: tuple[float, ...] | None = None
     init: Path | None = None
     channels: tuple[int, ...] = field(default_factory=lambda: NetworkConfig().channels)
     plane_every: int = 10
@@ -177,12 +178,24 @@ class TrainConfig:
                 "Estimate pairs are drawn from the built-in generator, whose voxel sizes "
                 "set the PSF; drop --estimate-pairs to train on a data folder."
             )
+        if self.voxel_size_um is not None and len(self.voxel_size_um) not in (1, 3):
+            raise DeconflowError(
+                f"voxel_size_um (--voxel-size) takes 3 sizes (z, y, x) or 1 (the z step alone; "
+                f"y and x from each file) in µm, got {tuple(self.voxel_size_um)}."
+            )
         if self.pair_psf is not None and (not self.estimate_pairs or self.voxel_size_um is None):
             raise DeconflowError(
                 "A PSF for the estimate pairs (--pair-psf) needs pairs (--estimate-pairs "
                 "SHARE above 0) and the voxel size of the stacks it belongs to "
                 f"(--voxel-size Z Y X); got estimate_pairs {self.estimate_pairs}, voxel size "
                 f"{self.voxel_size_um}."
+            )
+        if self.pair_psf is not None and len(self.voxel_size_um or ()) == 1:
+            raise DeconflowError(
+                "The estimate pairs of --pair-psf are generated at the voxel size of the "
+                "stacks that PSF belongs to, and no file is read to take their pixel size "
+                "from; give all three sizes, --voxel-size Z Y X (voxel_size_um=(z, y, x)), "
+                f"not the z step alone {self.voxel_size_um}."
             )
         if self.conditioned and (self.estimate_pairs != 1.0 or self.plane_every):
             raise DeconflowError(
@@ -319,7 +332,7 @@ def _make_network(config: TrainConfig) -> tuple[VelocityUNet, dict[str, object] 
     return network, None
 
 
-def _read_pair_psf(path: Path, voxel_size_um: tuple[float, float, float] | None) -> np.ndarray:
+def _read_pair_psf(path: Path, voxel_size_um: tuple[float, ...] | None) -> np.ndarray:
     """Read and prepare the PSF the estimate pairs are imaged through."""
     from deconflow.io import read_tiff
     from deconflow.psf import prepare_psf
@@ -347,7 +360,8 @@ def _make_source(config: TrainConfig) -> BatchSource:
             config.patch,
             config.estimate_pairs,
             psf=_read_pair_psf(config.pair_psf, config.voxel_size_um),
-            voxel_size_um=config.voxel_size_um,
+            # TrainConfig refuses a pair PSF without all three sizes
+            voxel_size_um=cast(tuple[float, float, float], config.voxel_size_um),
         )
     return GeneratorSource(config.patch)
 
