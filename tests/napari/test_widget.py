@@ -805,3 +805,67 @@ def test_a_typed_background_in_scientific_notation_is_read(viewer_widget, errors
         widget.background.value = text
         assert widget.run() is None
         assert message in errors[-1], errors
+
+
+def test_a_z_scale_of_1_beside_a_pixel_size_is_kept_with_a_warning(
+    viewer_widget, simulated, warnings_shown
+):
+    # napari gives an axis without a scale a scale of 1: a TIFF with XY resolution but no
+    # z spacing opens as (1, py, px), and the z step of 1 µm was taken without a word
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=(1.0, 0.08, 0.08))
+    assert widget.voxel.get(3) == pytest.approx((1.0, 0.08, 0.08))  # 1 µm can be real: kept
+    assert len(warnings_shown) == 1, warnings_shown
+    message = warnings_shown[0]
+    assert "'cells'" in message and "1 µm" in message and "napari sets" in message
+    assert widget.voxel.label in message  # the field to correct
+    # once: another layer added (the pickers refreshed) does not warn again
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    assert len(warnings_shown) == 1, warnings_shown
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        (1.0, 1.0, 1.0),  # napari's default on every axis: no voxel size, handled apart
+        (0.2, 0.08, 0.08),  # a z step of its own
+        (1.0, 1.0),  # a 2D image has no z step
+    ],
+)
+def test_no_z_scale_warning_without_a_pixel_size_beside_it(
+    viewer_widget, simulated, warnings_shown, scale
+):
+    viewer, widget = viewer_widget
+    measured, _, _ = simulated
+    data = measured if len(scale) == 3 else measured[0]
+    viewer.add_image(data, name="cells", scale=scale)
+    assert widget.voxel.get(len(scale)) == pytest.approx(scale)
+    assert warnings_shown == []
+
+
+def test_a_psf_layer_with_a_z_scale_of_1_beside_its_pixel_size_warns(
+    viewer_widget, simulated, warnings_shown
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    viewer.add_image(psf, name="bead psf", scale=(1.0, 0.04, 0.04))
+    assert widget.psf_voxel.get(3) == pytest.approx((1.0, 0.04, 0.04))
+    assert len(warnings_shown) == 1, warnings_shown
+    assert "'bead psf'" in warnings_shown[0] and widget.psf_voxel.label in warnings_shown[0]
+
+
+def test_no_z_scale_warning_for_the_channel_axis_of_a_2d_image(
+    viewer_widget, simulated, warnings_shown
+):
+    # a two-colour plane (CYX) and its PSFs, one per channel: their first axis is the
+    # channel, whose scale of 1 is no z step
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(
+        measured[:2], name="two colours", scale=(1.0, 0.08, 0.08), axis_labels=("c", "y", "x")
+    )
+    viewer.add_image(psf[:2], name="bead psf", scale=(1.0, 0.08, 0.08))
+    assert widget.axes.value == "CYX" and widget.psf_layer.value.name == "bead psf"
+    assert warnings_shown == []

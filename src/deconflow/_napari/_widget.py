@@ -121,6 +121,20 @@ def _scale_um(layer: Image) -> tuple[float, ...]:
     return tuple(sizes)
 
 
+def _z_scale_is_unset(layer: Image) -> bool:
+    """Whether ``layer``'s z scale is napari's 1 for an axis without one, beside a y/x scale.
+
+    napari gives every axis a reader left without a scale a scale of 1, so a z scale of
+    exactly 1 beside a y/x scale that is not 1 most often means that the file recorded its
+    pixel size but no z step (a TIFF with XY resolution only). A scale of 1 on all three
+    axes is no voxel size at all, which the form handles apart.
+    """
+    if layer.ndim < 3:
+        return False
+    z, y, x = (float(v) for v in layer.scale[-3:])
+    return z == 1.0 and (y, x) != (1.0, 1.0)
+
+
 def _full_resolution(layer: Image) -> Any:
     """Return the layer's data at full resolution: level 0 of a multiscale (pyramid) layer.
 
@@ -271,7 +285,10 @@ class DeconvolutionWidget(Container):
         if layer is None:
             return
         self.axes.value = axes_of_layer(layer)
-        self.voxel.set(_scale_um(layer))
+        scale = _scale_um(layer)
+        self.voxel.set(scale)
+        if self._spatial_ndim() == 3 and _z_scale_is_unset(layer):
+            self._warn_unset_z_scale(layer.name, scale, self.voxel)
         # after the voxel size: a PSF layer without one is then taken at this image's
         self._keep_psf_off_image()
 
@@ -287,6 +304,28 @@ class DeconvolutionWidget(Container):
             # PSF is sampled at 1 µm, so such a layer is taken at the image's voxel size, as
             # a PSF file without voxel metadata is (and as the CLI takes one)
             self._show_psf_voxel(None if all(v == 1.0 for v in scale) else scale)
+            # the picker holds the image itself while no other layer is open: that layer's
+            # scale is the image's to warn about, and the PSF picker moves off it later. For
+            # a 2D image the first axis of a 3D PSF layer is its channel, not z
+            unset = _z_scale_is_unset(layer) and self._spatial_ndim() == 3
+            if unset and layer is not self.image.value:
+                self._warn_unset_z_scale(layer.name, scale, self.psf_voxel)
+
+    def _warn_unset_z_scale(self, name: str, scale: Sequence[float], field: _VoxelEdit) -> None:
+        """Say that a layer's z step is taken from a z scale napari may have set to 1.
+
+        1 µm can be a real z step, so the value is kept; but napari gives an axis
+        without a scale a scale of 1, and a PSF resampled from a wrong z step (or an
+        image deconvolved with one) is wrong without any error, so the user is told
+        which field to correct.
+        """
+        z, y, x = scale[-3:]
+        show_warning(
+            f"deconflow: the z step of {name!r} is taken as {z:g} µm from the layer's scale "
+            f"(z {z:g}, y {y:g}, x {x:g}), but napari sets the scale of an axis without "
+            "one to 1: the file may record its pixel size only. Type the z step into "
+            f"{field.label} (z) if it is not {z:g} µm."
+        )
 
     def _on_psf_source(self) -> None:
         # the PSF voxel size follows the source chosen, not the one looked at last
