@@ -557,3 +557,71 @@ def test_a_z_step_alone_takes_each_files_own_pixel_size(tmp_path, psf_file, caps
     for name, pixel in pixels.items():
         result = read_tiff(from_config / f"{name}_deconvolved.ome.tif")
         np.testing.assert_allclose(result.voxel_size_um, (0.4, *pixel), rtol=1e-6)
+
+
+def _psfs_and_cells(tmp_path: Path, *psf_voxels: tuple[float, ...]) -> tuple[Path, list[Path]]:
+    """A two-channel OME-TIFF and one PSF per channel, each ImageJ file at its own voxel size."""
+    psfs = [
+        write_imagej(tmp_path / f"psf_c{c}.tif", gaussian_psf(1.0 + c), "ZYX", voxel)
+        for c, voxel in enumerate(psf_voxels)
+    ]
+    return write_ome(tmp_path / "cells.ome.tif", stack((2, 8, 24, 24), 5), "CZYX"), psfs
+
+
+def _batch_with(source: Path, psfs: list[Path], out: Path, *extra: str) -> int:
+    args = ["batch", str(source), "-o", str(out), "--iterations", "1", "-q", "--device", "cpu"]
+    return main([*args, *(a for p in psfs for a in ("--psf", str(p))), *extra])
+
+
+def _settings_file(tmp_path: Path, psf_voxel: tuple[float, ...]) -> str:
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"psf_voxel_size_um: {list(psf_voxel)}\n")
+    return str(config)
+
+
+@pytest.mark.parametrize("given", ["flag", "settings"])
+@pytest.mark.parametrize(
+    ("psf_voxel", "expected"),
+    [
+        ((0.25, 0.1, 0.1), (0.25, 0.1, 0.1)),  # all three: the files' sizes are overridden
+        ((0.25,), (0.25, 0.1, 0.1)),  # the z step alone: the files differ in z only
+    ],
+)
+def test_psf_files_of_different_voxel_sizes_take_the_psf_voxel_size_given(
+    tmp_path, capsys, given, psf_voxel, expected
+):
+    # a settings file's psf_voxel_size_um was ignored by the check: refused with "give
+    # --psf-voxel-size", which it had been given in the settings file
+    source, psfs = _psfs_and_cells(tmp_path, (0.3, 0.1, 0.1), (0.2, 0.1, 0.1))
+    out = tmp_path / "out"
+    extra = (
+        ["--psf-voxel-size", *map(str, psf_voxel)]
+        if given == "flag"
+        else ["--config", _settings_file(tmp_path, psf_voxel)]
+    )
+    assert _batch_with(source, psfs, out, *extra) == 0, capsys.readouterr().err
+    record = json.loads((out / "cells_deconvolved.json").read_text())
+    np.testing.assert_allclose(record["settings"]["psf_voxel_size_um"], expected)
+
+
+@pytest.mark.parametrize("given", ["flag", "settings"])
+def test_a_z_step_alone_refuses_psf_files_of_different_pixel_sizes(tmp_path, capsys, given):
+    source, psfs = _psfs_and_cells(tmp_path, (0.3, 0.1, 0.1), (0.3, 0.05, 0.05))
+    extra = (
+        ["--psf-voxel-size", "0.25"]
+        if given == "flag"
+        else ["--config", _settings_file(tmp_path, (0.25,))]
+    )
+    assert _batch_with(source, psfs, tmp_path / "out", *extra) == 3
+    err = capsys.readouterr().err
+    assert "different pixel sizes" in err, err
+    # both places a PSF voxel size can be given, whichever this run used
+    assert "--psf-voxel-size Z Y X" in err and "psf_voxel_size_um: [Z, Y, X]" in err, err
+
+
+def test_psf_files_of_different_voxel_sizes_name_both_places_to_give_one(tmp_path, capsys):
+    source, psfs = _psfs_and_cells(tmp_path, (0.3, 0.1, 0.1), (0.2, 0.1, 0.1))
+    assert _batch_with(source, psfs, tmp_path / "out") == 3
+    err = capsys.readouterr().err
+    assert "different voxel sizes" in err, err
+    assert "--psf-voxel-size" in err and "psf_voxel_size_um" in err, err

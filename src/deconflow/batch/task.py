@@ -243,10 +243,15 @@ def _deconvolve(
         _require_z_step(source, image, "--voxel-size", "voxel_size_um")
     psfs = [read_tiff(p) for p in job.psfs]
     psf_voxels = {p.voxel_size_um for p in psfs}
-    if len(psf_voxels) > 1 and job.psf_voxel_size_um is None:
+    # a PSF voxel size given (flag or settings file) stands for every PSF file; a z step
+    # alone is completed per file below, where files of different pixel sizes are refused
+    given_psf_voxel = job.psf_voxel_size_um or job.settings.psf_voxel_size_um
+    if len(psf_voxels) > 1 and given_psf_voxel is None:
         raise DeconflowError(
             f"The PSF files have different voxel sizes {sorted(map(str, psf_voxels))}; give "
-            "--psf-voxel-size, or resample the PSFs to one voxel size."
+            "the PSFs' voxel size with --psf-voxel-size Z Y X (or the z step alone, Z, when "
+            "they differ in z only), or psf_voxel_size_um in the settings file, or resample "
+            "the PSFs to one voxel size."
         )
     spatial = sum(1 for a in image.axes if a in "ZYX")
     for psf_path, psf in zip(job.psfs, psfs, strict=True):
@@ -280,7 +285,8 @@ def _deconvolve(
         raise DeconflowError(
             f"The PSF files have different pixel sizes {sorted(map(str, psf_voxel))}, so one "
             "z step cannot stand for all of them; give all three sizes with --psf-voxel-size "
-            "Z Y X, or resample the PSFs to one voxel size."
+            "Z Y X (settings file: psf_voxel_size_um: [Z, Y, X]), or resample the PSFs to one "
+            "voxel size."
         )
     settings = resolve_voxel_sizes(
         job.settings,
