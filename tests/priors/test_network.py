@@ -51,6 +51,15 @@ def test_default_network_is_within_the_flop_budget():
     assert 50e3 < fpv <= 150e3
 
 
+def test_flop_count_of_a_one_level_network_is_known():
+    # input conv 1->8, one block (two 8->8 convs), output conv 8->1, all 3x3x3; three
+    # norms over 8 channels at 10 FLOP per element (the CPU fuses them in inference,
+    # where forward hooks would miss them)
+    net = VelocityUNet(NetworkConfig(channels=(8,), z_pool=(), groups=4))
+    convs = 2 * 27 * (1 * 8 + 8 * 8 + 8 * 8 + 8 * 1)
+    assert flops_per_voxel(net) == pytest.approx(convs + 10 * 3 * 8)
+
+
 def test_flop_count_scales_with_width():
     small = flops_per_voxel(VelocityUNet(NetworkConfig(channels=(8, 16, 16), z_pool=(False, True))))
     big = flops_per_voxel(VelocityUNet(NetworkConfig(channels=(16, 32, 32), z_pool=(False, True))))

@@ -380,9 +380,11 @@ def flops_per_voxel(network: VelocityUNet, shape: tuple[int, int, int] = (16, 64
         elif isinstance(mod, nn.GroupNorm):
             handles.append(mod.register_forward_hook(norm_hook))
     try:
-        with torch.no_grad():
+        # the training path: it calls every norm module (CPU inference fuses them into
+        # _GroupNorm.silu, which forward hooks do not see)
+        with torch.enable_grad():
             p = next(network.parameters())
-            x = torch.zeros(1, 1, *shape, device=p.device)
+            x = torch.zeros(1, 1, *shape, device=p.device, requires_grad=True)
             network(
                 x, torch.zeros(1, device=p.device), 1.0, x if network.config.conditioned else None
             )
