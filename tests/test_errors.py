@@ -125,6 +125,16 @@ def test_uncertainty_with_a_method_names_the_flow():
         deconflow.deconvolve_with_uncertainty(IMAGE, PSF, device="cpu", method="rl")
 
 
+def test_uncertainty_takes_method_flow_as_said():
+    # method="flow", carried over from a deconvolve call, was refused with "always uses
+    # method='flow' (got method='flow')"; it is what this function does, so it runs
+    kwargs = {"device": "cpu", "samples": 2, "steps": 2, "seed": 3, "choose_strength": False}
+    said = deconflow.deconvolve_with_uncertainty(IMAGE, PSF, method="flow", **kwargs)
+    unsaid = deconflow.deconvolve_with_uncertainty(IMAGE, PSF, **kwargs)
+    np.testing.assert_array_equal(said.mean, unsaid.mean)
+    np.testing.assert_array_equal(said.std, unsaid.std)
+
+
 def test_saturated_bead_warns_and_still_runs():
     bead = np.minimum(_bead(peak=8000.0), 4095).astype(np.uint16)
     with pytest.warns(DeconflowWarning, match="saturated"):

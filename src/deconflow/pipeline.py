@@ -474,14 +474,18 @@ def deconvolve_with_uncertainty(
     Raises
     ------
     DeconflowError
-        If ``method`` is given: only the flow draws posterior samples.
+        If a ``method`` other than ``"flow"`` is given: only the flow draws posterior
+        samples.
     """
-    if "method" in options:
+    # method="flow" says what this does anyway (a script switching from deconvolve keeps
+    # it); any other method has no posterior samples to give
+    if options.get("method", "flow") != "flow":
         raise DeconflowError(
             f"deconvolve_with_uncertainty always uses method='flow' (got "
             f"method={options['method']!r}): only the flow draws posterior samples. Drop "
             "method=, or call deconvolve(image, psf, method=...) for a classical answer."
         )
+    options.pop("method", None)
     settings = DeconvolutionSettings.from_options(
         "flow",
         voxel_size=voxel_size,
