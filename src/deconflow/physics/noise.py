@@ -261,7 +261,11 @@ def estimate_camera_noise(
     ``Var = gain * mean + b`` is fitted through the bins, weighted by counts;
     its slope is the gain. Where its standard error exceeds 20 % of it (levels that
     span less than the noise, such as a haze of 2 photons with faint blurred structure),
-    1 ADU per photon is assumed and a :class:`~deconflow.DeconflowWarning` says so.
+    where the fitted variance rises by less than 25 % of its darkest value across the
+    levels (a few per cent of bias in the bins' variances then moves the slope by tens
+    of per cent while the error stays small: 0.58-2.11 times the gain on faint stacks
+    of ``benchmarks/bench_noise.py``), or where fewer than two bins of 50 voxels are
+    left, 1 ADU per photon is assumed and a :class:`~deconflow.DeconflowWarning` says so.
     Voxels beside a camera ceiling (a maximum of 2^b - 1,
     b = 8 ... 16, held by several voxels) are left out of the bins: clipped voxels hold
     no noise. Offset and read noise are not separable from one
@@ -336,8 +340,8 @@ def estimate_camera_noise(
     DeconflowWarning
         When more than 70 % of the darkest voxels sit at a clipped floor: the offset and
         read noise cannot be read off the image; give them. When the levels span too
-        little to tell the gain (its standard error above 20 % of it): 1 is assumed;
-        give it.
+        little to tell the gain (its standard error above 20 % of it, a variance rise
+        under 25 %, or fewer than two bins): 1 is assumed; give it.
     """
     arr = _checked_stack(image)
     if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 3:
