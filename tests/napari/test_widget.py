@@ -194,6 +194,24 @@ def test_cancel_after_the_last_step_ends_cancelled_not_cancelling(
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
+def test_closing_the_viewer_during_a_run_stops_it_without_errors(qtbot, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    _load(viewer, simulated)
+    widget.method.value = "rl"
+    widget.method_options["rl"]["iterations"].value = 5000  # minutes if it were not stopped
+    worker = widget.run()
+    steps: list[int] = []
+    worker.yielded.connect(lambda event: steps.append(event.step))
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=20_000)
+    # each progress event after this raised on a deleted widget (pytest-qt fails the test on
+    # an exception in a slot; outside napari's event loop, PyQt aborted the process)
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=10_000)
+    qtbot.wait(200)  # events queued before the worker stopped are delivered (or dropped)
+    assert max(steps) < 1000
+    assert widget.worker is None
+
+
 def test_nan_psf_shows_an_error_notification_without_crashing(
     wait_idle, viewer_widget, simulated, errors
 ):

@@ -250,6 +250,9 @@ class DeconvolutionWidget(Container):
         self.run_button.changed.connect(lambda: self.run())
         self.preview_button.changed.connect(lambda: self.run(preview=True))
         self.cancel_button.changed.connect(self.cancel)
+        # the worker's signals connected to this form while a run goes on (see _on_destroyed)
+        self._slots: list[tuple[Any, Any]] = []
+        self.native.destroyed.connect(self._on_destroyed)
         # napari refreshes a docked widget's choices too; this also covers an undocked one
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
@@ -552,11 +555,15 @@ class DeconvolutionWidget(Container):
         self.progress.max = max(1, job.settings.solver.total_steps * volumes)
         self.progress.value = 0
         worker = create_worker(run_events, job, _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_result, job))
-        worker.errored.connect(self._fail)
-        worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
-        worker.finished.connect(self._on_finished)
+        self._slots = [
+            (worker.yielded, self._on_progress),
+            (worker.returned, partial(self._on_result, job)),
+            (worker.errored, self._fail),
+            (worker.aborted, self._on_aborted),
+            (worker.finished, self._on_finished),
+        ]
+        for signal, slot in self._slots:
+            signal.connect(slot)
         self.worker = worker
         self._set_running(True)
         self.status.value = "preview…" if preview else "starting…"
@@ -568,6 +575,24 @@ class DeconvolutionWidget(Container):
         if self.worker is not None:
             self.status.value = "cancelling…"
             self.worker.quit()
+
+    def _on_destroyed(self) -> None:
+        """Stop the running worker and detach it: the form's Qt widgets are being deleted.
+
+        Closing the viewer deletes them while a run may go on; each later progress event
+        would raise on a deleted widget (outside napari's event loop, e.g. in IPython,
+        that aborts the Python process) and the result would go to a closed viewer.
+        """
+        if self.worker is None:
+            return
+        for signal, slot in self._slots:
+            signal.disconnect(slot)
+        self._slots = []
+        self.worker.quit()
+        self.worker = None
+
+    def _on_aborted(self) -> None:
+        self.status.value = "cancelled"
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running
@@ -608,4 +633,5 @@ class DeconvolutionWidget(Container):
             # "aborted" either, as it only checks for a cancel before each step
             self.status.value = "cancelled"
         self.worker = None
+        self._slots = []  # the result's slot holds the job, and with it the image
         self._set_running(False)
