@@ -126,6 +126,22 @@ def test_each_method_adds_a_layer_that_lines_up_with_metadata(
         assert std_name not in viewer.layers
 
 
+def test_the_std_layer_of_a_source_named_with_the_method_is_named_once(
+    wait_idle, viewer_widget, simulated
+):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured[:, :32, :32], name="cells (flow)", scale=SCALE)
+    viewer.add_image(psf, name="bead psf", scale=SCALE)
+    _fast(widget, "flow")
+    widget.method_options["flow"]["samples"].value = 1
+    widget.run()
+    wait_idle(widget, timeout=120_000)
+    # the std name was the output's with every "(flow)" edited: "cells std (flow) ..."
+    assert "cells (flow) deconvolved std (flow)" in viewer.layers
+    assert "cells (flow) deconvolved (flow)" in viewer.layers
+
+
 def test_rerun_replaces_the_layer_of_that_method(wait_idle, viewer_widget, simulated):
     viewer, widget = viewer_widget
     _load(viewer, simulated)

@@ -256,10 +256,10 @@ def run_events(job: Job) -> Generator[Progress, None, Result | HyperstackResult 
         return Failure(exc)
 
 
-def output_name(source: str, method: str, preview: bool = False) -> str:
-    """Name of the output layer of ``method`` run on layer ``source``."""
+def output_name(source: str, method: str, preview: bool = False, std: bool = False) -> str:
+    """Name of the output layer of ``method`` run on layer ``source`` (or of its ``std``)."""
     kind = "preview" if preview else "deconvolved"
-    return f"{source} {kind} ({method})"
+    return f"{source} {kind}{' std' if std else ''} ({method})"
 
 
 def contrast_limits(data: np.ndarray) -> tuple[float, float]:
@@ -304,8 +304,8 @@ def show_result(viewer: Viewer, job: Job, result: Result | HyperstackResult) -> 
     }
     std = getattr(result, "std", None)  # posterior spread of sampling methods (flow)
     if std is not None:
-        method = job.settings.method
-        std_name = name.replace(f"({method})", f"std ({method})")
+        # built, not edited from the name: a source named "cells (flow)" has "(flow)" twice
+        std_name = output_name(job.source, job.settings.method, job.preview, std=True)
         _put_layer(viewer, std_name, std.astype(np.float32), job, metadata, visible=False)
     return _put_layer(viewer, name, data, job, metadata, visible=True)
 
