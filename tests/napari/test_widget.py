@@ -277,6 +277,25 @@ def test_preview_runs_on_a_region_around_the_current_slice(wait_idle, viewer_wid
     np.testing.assert_allclose(layer.data, expected, rtol=1e-4, atol=1e-4 * expected.max())
 
 
+def test_previews_leave_the_input_layer_where_it_is(wait_idle, viewer_widget, simulated):
+    viewer, widget = viewer_widget
+    image = _load(viewer, simulated)
+    _fast(widget, "rl")
+    widget.show_advanced.value = True
+    widget.preview_size.value = 16
+    placed = []
+    for _ in range(2):  # the same spot twice: the same crop, at the same place
+        widget.run(preview=True)
+        wait_idle(widget)
+        placed.append(np.array(viewer.layers["cells preview (rl)"].translate))
+        # each preview shifted the input's translate in place by the crop's offset
+        np.testing.assert_allclose(image.translate, TRANSLATE)
+    np.testing.assert_allclose(placed[1], placed[0])
+    widget.run()
+    wait_idle(widget)
+    np.testing.assert_allclose(viewer.layers["cells deconvolved (rl)"].translate, TRANSLATE)
+
+
 def test_results_overlay_a_rotated_sheared_input_full_and_preview(
     wait_idle, viewer_widget, simulated
 ):

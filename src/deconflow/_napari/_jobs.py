@@ -102,7 +102,9 @@ class Placement:
         rotate = np.asarray(layer.rotate, dtype=float)
         shear = np.eye(ndim)
         shear[np.triu_indices(ndim, 1)] = np.asarray(layer.shear, dtype=float)
-        translate = np.asarray(layer.translate, dtype=float)
+        # a copy: np.asarray returns the layer's own array, which the crop's offset below
+        # would shift in place (each preview moved the input layer, and the next preview)
+        translate = np.array(layer.translate, dtype=float)
         if offset is not None:
             # the crop's first voxel, mapped through the layer's linear part
             linear = rotate @ shear @ np.diag(scale)
