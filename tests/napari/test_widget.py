@@ -757,6 +757,17 @@ def test_choosing_the_image_moves_the_psf_picker_off_it(viewer_widget, simulated
     assert widget.psf_voxel.get(3) == pytest.approx(SCALE)
 
 
+def test_an_image_without_a_psf_layer_is_not_its_own_psf(viewer_widget, simulated, errors):
+    # with one layer open the PSF picker holds the image: Run deconvolved it with itself
+    viewer, widget = viewer_widget
+    measured, _, _ = simulated
+    viewer.add_image(measured, name="cells", scale=SCALE)
+    _fast(widget, "rl")
+    assert widget.run() is None
+    assert len(errors) == 1 and "PSF layer is the image 'cells' itself" in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
 def test_a_multiscale_layer_is_deconvolved_at_full_resolution(wait_idle, viewer_widget, simulated):
     # an OME-Zarr pyramid (napari-ome-zarr) opens as a multiscale layer: it was left out of
     # the image picker, so "Choose an image layer" was all a user got

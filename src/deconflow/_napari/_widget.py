@@ -489,6 +489,13 @@ class DeconvolutionWidget(Container):
                 raise DeconflowError("Choose a PSF TIFF file, or take the PSF from a layer.")
         elif self.psf_layer.value is None:
             raise DeconflowError("Choose a PSF layer (or load the PSF from a file).")
+        elif self.psf_layer.value is layer:
+            # the picker holds the image itself while no other layer is open; a stack is
+            # never its own PSF, and the run would go through without any error
+            raise DeconflowError(
+                f"The PSF layer is the image {layer.name!r} itself. Open the PSF (a bead "
+                "stack or a computed PSF) as a layer and choose it, or set PSF from to file."
+            )
         else:
             psf = self.psf_layer.value.data
         data = _full_resolution(layer)  # an OME-Zarr pyramid is deconvolved at level 0
