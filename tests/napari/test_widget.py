@@ -708,6 +708,25 @@ def test_a_layer_scaled_in_nanometres_gives_voxel_sizes_in_micrometres(
     np.testing.assert_allclose(layer.scale, image.scale)
 
 
+def test_a_scale_set_after_adding_the_layers_is_taken(wait_idle, viewer_widget, simulated):
+    # napari's own TIFF reader sets no scale: a script sets it after adding the layers, and
+    # the form kept 1 µm, which the run used while its result was placed at the new scale
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    cells = viewer.add_image(measured, name="cells")
+    bead = viewer.add_image(psf[:, 4:-4, 4:-4], name="bead psf")
+    cells.scale = SCALE
+    bead.scale = (0.1, 0.1, 0.1)
+    assert widget.voxel.get(3) == pytest.approx(SCALE)
+    assert widget.psf_voxel.get(3) == pytest.approx((0.1, 0.1, 0.1))
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    settings = viewer.layers["cells deconvolved (rl)"].metadata["deconflow"]["settings"]
+    assert settings["voxel_size_um"] == pytest.approx(list(SCALE))
+    assert settings["psf_voxel_size_um"] == pytest.approx([0.1, 0.1, 0.1])
+
+
 @pytest.mark.parametrize(
     ("labels", "axes"),
     [

@@ -287,13 +287,37 @@ class DeconvolutionWidget(Container):
     def _on_image(self, layer: Image | None) -> None:
         if layer is None:
             return
+        self._follow_scale(layer)
         self.axes.value = axes_of_layer(layer)
+        self._take_image_scale(layer)
+        # after the voxel size: a PSF layer without one is then taken at this image's
+        self._keep_psf_off_image()
+
+    def _follow_scale(self, layer: Image) -> None:
+        """Take ``layer``'s voxel size again when its scale (or units) change while chosen.
+
+        A scripted session often sets ``layer.scale`` after adding the layer (napari's own
+        TIFF reader sets none); the form kept the scale it had when chosen, 1 µm, and the
+        run deconvolved at that voxel size while its result was placed at the new scale.
+        napari connects a callback once however often it is connected.
+        """
+        for name in ("scale", "units"):  # napari < 0.6 has no units
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                emitter.connect(self._on_layer_scale)
+
+    def _on_layer_scale(self, event: Any) -> None:
+        layer = event.source
+        if layer is self.image.value:
+            self._take_image_scale(layer)
+        if layer is self.psf_layer.value and self.psf_source.value == "layer":
+            self._take_psf_layer_scale(layer)
+
+    def _take_image_scale(self, layer: Image) -> None:
         scale = _scale_um(layer)
         self.voxel.set(scale)
         if self._spatial_ndim() == 3 and _z_scale_is_unset(layer):
             self._warn_unset_z_scale(layer.name, scale, self.voxel)
-        # after the voxel size: a PSF layer without one is then taken at this image's
-        self._keep_psf_off_image()
 
     def _on_psf_layer(self, layer: Image | None) -> None:
         # the picker moves when layers change (or to keep off the image) also while the PSF
@@ -302,17 +326,21 @@ class DeconvolutionWidget(Container):
             return
         if layer is not None and layer is not self._psf_voxel_source:
             self._psf_voxel_source = layer
-            scale = _scale_um(layer)
-            # napari gives a layer added without a voxel size a scale of 1 on every axis. No
-            # PSF is sampled at 1 µm, so such a layer is taken at the image's voxel size, as
-            # a PSF file without voxel metadata is (and as the CLI takes one)
-            self._show_psf_voxel(None if all(v == 1.0 for v in scale) else scale)
-            # the picker holds the image itself while no other layer is open: that layer's
-            # scale is the image's to warn about, and the PSF picker moves off it later. For
-            # a 2D image the first axis of a 3D PSF layer is its channel, not z
-            unset = _z_scale_is_unset(layer) and self._spatial_ndim() == 3
-            if unset and layer is not self.image.value:
-                self._warn_unset_z_scale(layer.name, scale, self.psf_voxel)
+            self._follow_scale(layer)
+            self._take_psf_layer_scale(layer)
+
+    def _take_psf_layer_scale(self, layer: Image) -> None:
+        scale = _scale_um(layer)
+        # napari gives a layer added without a voxel size a scale of 1 on every axis. No
+        # PSF is sampled at 1 µm, so such a layer is taken at the image's voxel size, as
+        # a PSF file without voxel metadata is (and as the CLI takes one)
+        self._show_psf_voxel(None if all(v == 1.0 for v in scale) else scale)
+        # the picker holds the image itself while no other layer is open: that layer's
+        # scale is the image's to warn about, and the PSF picker moves off it later. For
+        # a 2D image the first axis of a 3D PSF layer is its channel, not z
+        unset = _z_scale_is_unset(layer) and self._spatial_ndim() == 3
+        if unset and layer is not self.image.value:
+            self._warn_unset_z_scale(layer.name, scale, self.psf_voxel)
 
     def _warn_unset_z_scale(self, name: str, scale: Sequence[float], field: _VoxelEdit) -> None:
         """Say that a layer's z step is taken from a z scale napari may have set to 1.
