@@ -160,6 +160,25 @@ def test_rerun_replaces_the_layer_of_that_method(wait_idle, viewer_widget, simul
     assert not np.array_equal(layer.data, before)
 
 
+def test_the_contrast_slider_spans_the_result_also_when_it_is_replaced(
+    wait_idle, viewer_widget, simulated
+):
+    viewer, widget = viewer_widget
+    image = _load(viewer, simulated)
+    _fast(widget, "rl")
+    widget.run()
+    wait_idle(widget)
+    layer = viewer.layers["cells deconvolved (rl)"]
+    # napari took the range from the limits: the brightest voxels were out of the slider's
+    assert layer.contrast_limits_range[1] == pytest.approx(layer.data.max())
+    image.data = image.data / 100  # e.g. rescaled: the result is 100 times dimmer
+    widget.run()
+    wait_idle(widget)
+    assert viewer.layers["cells deconvolved (rl)"] is layer
+    low, high = layer.contrast_limits_range  # was the first result's, 100 times too wide
+    assert low <= layer.contrast_limits[0] and high == pytest.approx(layer.data.max())
+
+
 def test_cancel_stops_within_a_step_and_leaves_the_viewer_unchanged(
     qtbot, wait_idle, viewer_widget, simulated
 ):

@@ -322,6 +322,11 @@ def _put_layer(
 ) -> Image:
     """Replace the data of layer ``name`` (when it exists with that ndim) or add it."""
     limits = contrast_limits(data)
+    # the slider's range spans the data, so the brightest voxels above the 99.9th percentile
+    # can be shown: napari takes the range from the limits given (and a replaced layer
+    # kept the range of its first data, which may be 100 times wider than the new)
+    finite = data[np.isfinite(data)]
+    span = (limits[0], max(limits[1], float(finite.max()) if finite.size else limits[1]))
     old = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401 - no .get
     if isinstance(old, Image) and old.ndim == data.ndim:
         layer = old
@@ -329,11 +334,12 @@ def _put_layer(
         job.placement.apply_to(layer)
         layer.data = data
         layer.metadata = metadata
+        layer.contrast_limits_range = span
         layer.contrast_limits = limits
         return layer
     if old is not None:
         viewer.layers.remove(old)
-    return viewer.add_image(
+    layer = viewer.add_image(
         data,
         name=name,
         **job.placement.as_kwargs(),
@@ -343,6 +349,8 @@ def _put_layer(
         blending="additive",
         visible=visible,
     )
+    layer.contrast_limits_range = span
+    return layer
 
 
 def crop_around(
