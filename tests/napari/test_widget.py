@@ -764,6 +764,19 @@ def test_axes_follow_the_layer_axis_labels(viewer_widget, simulated, labels, axe
     assert widget.axes.value == axes
 
 
+def test_an_emptied_axes_field_takes_the_layer_axes(wait_idle, viewer_widget, simulated, errors):
+    viewer, widget = viewer_widget
+    measured, _, psf = simulated
+    viewer.add_image(measured[8], name="plane", scale=SCALE[1:])
+    viewer.add_image(psf[8], name="bead psf", scale=SCALE[1:])
+    _fast(widget, "rl")
+    widget.axes.value = ""  # a run takes the layer's axes (YX); the voxel sizes were 3
+    assert widget.run() is not None
+    wait_idle(widget)
+    assert errors == []
+    assert viewer.layers["plane deconvolved (rl)"].data.shape == measured[8].shape
+
+
 @pytest.mark.parametrize("preview", [False, True])
 def test_an_rgb_layer_is_refused_with_a_message_naming_rgb(
     wait_idle, viewer_widget, simulated, errors, preview

@@ -431,6 +431,10 @@ class DeconvolutionWidget(Container):
     # -- settings -----------------------------------------------------------
     def _spatial_ndim(self) -> int:
         axes = self.axes.value.strip().upper()
+        if not axes and self.image.value is not None:
+            # an emptied field stands for the layer's own axes, as a run takes them (_job);
+            # ZYX here gave a 2D image three voxel sizes and a message about those
+            axes = axes_of_layer(self.image.value)
         return 2 if axes and not axes.endswith("ZYX") else 3
 
     def settings(self) -> DeconvolutionSettings:
