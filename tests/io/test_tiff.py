@@ -397,3 +397,22 @@ def test_pixel_size_comes_with_a_full_voxel_size(tmp_path, sample_image):
     np.testing.assert_allclose(sample_image.pixel_size_um, sample_image.voxel_size_um[1:])
     path = write_tiff(tmp_path / "a.tif", np.zeros((3, 4, 5), np.float32))
     assert read_tiff(path).pixel_size_um is None
+
+
+@pytest.mark.parametrize("kind", ["imagej", "ome", "plain"])
+def test_truncated_stack_is_refused_not_read_as_its_first_plane(tmp_path, kind):
+    # a copy cut short: tifffile read the first plane alone, and the 3D stack was then
+    # deconvolved (with a 2D PSF) as a 2D image, or lost its voxel size, with exit status 0
+    path = tmp_path / f"{kind}.tif"
+    data = np.arange(6 * 16 * 16, dtype=np.uint16).reshape(6, 16, 16)
+    options = {
+        "imagej": {"imagej": True, "metadata": {"axes": "ZYX", "spacing": 0.2, "unit": "um"}},
+        "ome": {"ome": True, "metadata": {"axes": "ZYX", "PhysicalSizeZ": 0.2}},
+        "plain": {"shaped": False, "photometric": "minisblack"},
+    }[kind]
+    tifffile.imwrite(path, data, **options)
+    np.testing.assert_array_equal(read_tiff(path).data, data)
+    cut = tmp_path / f"{kind}_cut.tif"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DeconflowError, match="is the file complete"):
+        read_tiff(cut)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -177,6 +181,44 @@ def _declared_axes(series: tifffile.TiffPageSeries, axes: str, imagej: dict[str,
     return declared
 
 
+#: What tifffile logs when a page, tag value or ImageJ stack lies past the end of the file.
+#: It then reads what it can (often the first plane alone, without the OME metadata), so
+#: a truncated 3D stack came back as a 2D image, or without its voxel size, unnoticed
+_TRUNCATION_MARKERS = (
+    "invalid page offset",
+    "invalid offset to page",
+    "corrupted tag list",
+    "invalid value offset",
+    "series metadata invalid or corrupted file",
+)
+
+
+class _TruncationLog(logging.Handler):
+    """Keep tifffile's error records that mean the file ends early, from one thread only."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        # another thread (a napari worker, a Dask thread) may be reading another file
+        if record.thread == self.thread and any(m in message for m in _TRUNCATION_MARKERS):
+            self.messages.append(message)
+
+
+@contextmanager
+def _truncation_log() -> Iterator[_TruncationLog]:
+    handler = _TruncationLog()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
 def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     """Read a TIFF, ImageJ hyperstack or OME-TIFF with its voxel size.
 
@@ -204,7 +246,7 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     if not p.is_file():
         raise DeconflowError(f"No such file: {p}. Check the path.")
     try:
-        with tifffile.TiffFile(p) as tif:
+        with _truncation_log() as truncated, tifffile.TiffFile(p) as tif:
             if tif.is_ome and len(tif.series) > 1:
                 raise DeconflowError(
                     f"{p} holds {len(tif.series)} images (OME series, e.g. stage positions) "
@@ -213,6 +255,12 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
                 )
             series = tif.series[0]
             data = series.asarray()
+            if truncated.messages:
+                raise DeconflowError(
+                    f"Could not read {p} as TIFF: it ends before the data its header points "
+                    f"to ({truncated.messages[0]}); is the file complete? Copy it again from "
+                    "the microscope or its backup."
+                )
             axes = _z_for_sequence(series.axes.upper() if series.axes else "")
             declared = _declared_axes(series, axes, tif.imagej_metadata or {})
             ome_xml = tif.ome_metadata if tif.is_ome else None
