@@ -257,6 +257,18 @@ def test_run_with_a_folder_as_output_says_to_name_a_file(tmp_path, capsys, monke
     assert folder.is_dir() and not any(folder.iterdir())
 
 
+def test_run_with_a_folder_as_psf_says_it_is_a_folder(tmp_path, capsys):
+    # an OME-Zarr store as the PSF was answered "No such file: .../bead.zarr"
+    store = tmp_path / "bead.zarr"
+    store.mkdir()
+    (store / ".zgroup").write_text('{"zarr_format": 2}')
+    args = ["run", str(SAMPLE_DATA / "confocal_grid.tif"), "--psf", str(store)]
+    assert main([*args, "-o", str(tmp_path / "o.tif"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "TIFF" in err and "No such file" not in err, err
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_run_reads_and_writes_ome_zarr(tmp_path, capsys):
     from deconflow.batch.files import sha256_input
     from deconflow.io import read_description, read_ome_zarr, write_ome_zarr

@@ -205,6 +205,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     if output.exists() and not args.overwrite:
         raise DeconflowError(f"{output} exists; pass --overwrite to replace it.")
+    # as deconflow batch says: a folder (an OME-Zarr store too) is not "no such file"
+    if args.psf.is_dir():
+        raise DeconflowError(f"--psf {args.psf} is a folder; give the PSF's TIFF file.")
     outcome = _run_one(_job(args, image_path, args.psf, output, args.overwrite), args.quiet)
     if not args.quiet:
         print(f"{outcome.status}: {output} ({outcome.seconds:.1f} s on {outcome.device or '-'})")
