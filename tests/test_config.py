@@ -28,6 +28,15 @@ def test_partial_yaml_fills_defaults():
     assert settings.rl == DeconvolutionSettings().rl
 
 
+def test_yaml_background_auto_means_estimate_it():
+    # --background auto and deconvolve(background="auto") estimate it; in a --config file
+    # the same word was refused ("background must be a number, got 'auto'")
+    assert DeconvolutionSettings.from_yaml("background: auto\n").background is None
+    assert DeconvolutionSettings.from_yaml("background: 12.5\n").background == 12.5
+    with pytest.raises(DeconflowError, match="background must be a number"):
+        DeconvolutionSettings.from_yaml("background: automatic\n")
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

@@ -319,6 +319,9 @@ class DeconvolutionSettings:
         values: dict[str, Any] = {}
         for key, value in mapping.items():
             check_name("setting", key, names)
+            if key == "background" and isinstance(value, str) and value.strip() == "auto":
+                # what --background and deconvolve(background=...) take: estimate it
+                value = None
             if key in cls._SECTIONS:
                 if not isinstance(value, dict):
                     raise DeconflowError(f"Settings section {key!r} must be a mapping.")
