@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,19 @@ def test_sample_data_default_run(sample_image, sample_bead):
         return (p.max() - p.min()) / (p.max() + p.min())
 
     assert contrast(out_profile) > contrast(raw_profile) + 0.2
+
+
+def test_background_above_the_whole_image_is_warned_about(simulated):
+    # a background in other units (e.g. 16-bit counts for a rescaled image) gave an
+    # near-zero result from every method, silently
+    image, psf, _, _ = simulated
+    too_high = float(image.max()) * 2
+    with pytest.warns(deconflow.DeconflowWarning, match="at or above the image's brightest"):
+        out = deconflow.deconvolve(image, psf, background=too_high, iterations=2)
+    assert out.max() < 1e-3 * image.max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", deconflow.DeconflowWarning)
+        deconflow.deconvolve(image, psf, background=float(image.min()), iterations=2)
 
 
 @pytest.mark.parametrize(

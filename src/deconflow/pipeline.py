@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from deconflow._device import resolve_device
-from deconflow._errors import DeconflowError
+from deconflow._errors import DeconflowError, DeconflowWarning
 from deconflow._execute import BlockOutput, classical_block_solver, run_plan
 from deconflow._flow_choice import iter_choose_strength
 from deconflow._flow_run import (
@@ -201,6 +202,18 @@ def iter_deconvolve(
     background = (
         settings.background if settings.background is not None else estimate_background(data)
     )
+    brightest = float(data.max())
+    if settings.background is not None and 0 < background >= brightest:
+        # nothing is left above it: every method returns ~0, which looked like a result.
+        # A warning, not an error: one dark time point must not fail a whole hyperstack
+        warnings.warn(
+            f"The background given, {background:g}, is at or above the image's brightest "
+            f"value ({brightest:g}), so nothing is left above it and the result is close to zero. "
+            "Give the background in the image's own units (e.g. the camera offset in counts), "
+            "or leave it out to estimate it.",
+            DeconflowWarning,
+            stacklevel=2,
+        )
     if settings.background is None and isinstance(
         settings.solver, RichardsonLucy | RichardsonLucyTV
     ):
