@@ -269,6 +269,18 @@ def test_run_with_a_folder_as_psf_says_it_is_a_folder(tmp_path, capsys):
     assert not (tmp_path / "o.tif").exists()
 
 
+@pytest.mark.parametrize("name", ["grid.png", "grid.json", "grid"])
+def test_run_refuses_an_output_name_of_a_format_it_does_not_write(tmp_path, capsys, name):
+    # "-o grid.png" wrote a float32 TIFF named .png; "-o grid.json" wrote the TIFF and
+    # then its provenance record under the same name
+    args = ["run", str(SAMPLE_DATA / "confocal_grid.tif")]
+    args += ["--psf", str(SAMPLE_DATA / "confocal_bead.tif"), "-o", str(tmp_path / name)]
+    assert main([*args, "--iterations", "1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "neither an OME-TIFF" in err and "confocal_grid_deconvolved.ome.tif" in err, err
+    assert not any(tmp_path.iterdir())
+
+
 def test_run_reads_and_writes_ome_zarr(tmp_path, capsys):
     from deconflow.batch.files import sha256_input
     from deconflow.io import read_description, read_ome_zarr, write_ome_zarr

@@ -189,6 +189,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from deconflow.batch.files import check_output_apart, output_for
+    from deconflow.io import is_zarr_path
     from deconflow.io._zarr import is_store
 
     image_path: Path = args.image.resolve()
@@ -202,6 +203,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise DeconflowError(
             f"-o/--output takes a file path, but {output} is a folder; give a file name, "
             f"e.g. {output_for(image_path, output)} (deconflow batch takes an output folder)."
+        )
+    # only OME-TIFF and OME-Zarr are written: "result.png" held a float32 TIFF, and
+    # "result.json" was the TIFF's name and its provenance record's at once
+    if not (output.name.lower().endswith((".tif", ".tiff")) or is_zarr_path(output)):
+        raise DeconflowError(
+            f"-o/--output {output.name} names neither an OME-TIFF (.ome.tif, .tif) nor an "
+            f"OME-Zarr store (.zarr), the formats deconflow writes; e.g. "
+            f"{output_for(image_path, output.parent)}."
         )
     if output.exists() and not args.overwrite:
         raise DeconflowError(f"{output} exists; pass --overwrite to replace it.")
