@@ -160,3 +160,21 @@ def test_infinite_values_are_refused_on_construction(text, fragment):
     # to deconvolve against an infinite background
     with pytest.raises(DeconflowError, match=fragment):
         DeconvolutionSettings.from_yaml(text)
+
+
+def test_voxel_sizes_and_tile_shape_given_as_lists_or_arrays_are_stored_as_tuples():
+    # a list was kept as a list: the settings were unhashable and unequal to the same
+    # settings given a tuple or read back from YAML; an array made == raise
+    reference = DeconvolutionSettings(
+        voxel_size_um=(0.3, 0.1, 0.1), psf_voxel_size_um=(0.2, 0.1, 0.1), tile_shape=(16, 32, 32)
+    )
+    for sequence in (list, np.array):
+        settings = DeconvolutionSettings(
+            voxel_size_um=sequence([0.3, 0.1, 0.1]),
+            psf_voxel_size_um=sequence([0.2, 0.1, 0.1]),
+            tile_shape=sequence([16, 32, 32]),
+        )
+        assert settings == reference and hash(settings) == hash(reference)
+        assert DeconvolutionSettings.from_yaml(settings.to_yaml()) == settings
+    with pytest.raises(DeconflowError, match="sequence of numbers"):
+        DeconvolutionSettings(voxel_size_um="0.3 0.1 0.1")

@@ -194,6 +194,13 @@ class DeconvolutionSettings:
     }
 
     def __post_init__(self) -> None:
+        # a list or array (a file's voxel size, a shape) is kept as the tuple the fields
+        # promise: kept as given, it made settings unhashable and unequal to the same
+        # settings with a tuple, or read back from YAML (an array: equality raised)
+        for name in ("voxel_size_um", "psf_voxel_size_um"):
+            object.__setattr__(self, name, _voxel_size(getattr(self, name), name))
+        if self.tile_shape is not None:
+            object.__setattr__(self, "tile_shape", tuple(self.tile_shape))
         check_name("method", self.method, METHODS, METHOD_ALIASES)
         check_device_name(self.device)
         if self.background is not None and not 0 <= self.background < np.inf:
