@@ -52,6 +52,9 @@ def test_yaml_background_auto_means_estimate_it():
         ("device: 'cuda:first'", "cuda:N"),
         ("[1, 2", "not valid YAML"),
         ("- 1\n- 2", "mapping"),
+        # the section was not named: "iterations must be >= 0, got -3."
+        ("wiener:\n  iterations: -3", "^wiener: iterations must be >= 0"),
+        ("rl_tv:\n  tv_weight: -1.0", "^rl_tv: "),
     ],
 )
 def test_invalid_yaml_is_rejected_with_a_reason(text, fragment):

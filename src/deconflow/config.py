@@ -135,7 +135,12 @@ def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
     for key, value in mapping.items():
         check_name(f"setting in {where}", key, names)
         values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except DeconflowError as exc:
+        # the solver's own check names the option, not the section: in a settings file
+        # "iterations must be >= 0" could be any of three
+        raise DeconflowError(f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)
