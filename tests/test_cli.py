@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,32 @@ def test_run_a_hyperstack_keeps_axes_and_voxel_size(tmp_path):
     record = json.loads(out.with_suffix(".json").read_text())
     assert read_ome_description(out) == record
     assert record["settings"]["psf_voxel_size_um"] == [0.125, 0.0225, 0.0225]
+
+
+def test_run_takes_a_psf_per_channel_in_channel_order(tmp_path):
+    # --psf given twice kept only the last: both channels used the second channel's PSF
+    rng = np.random.default_rng(0)
+    image = tmp_path / "two.tif"
+    plane = rng.poisson(10.0, (6, 20, 20)).astype(np.uint16)
+    tifffile.imwrite(
+        image,
+        np.stack([plane, plane], axis=1),  # the same data in both channels
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"axes": "ZCYX", "spacing": 0.3, "unit": "um"},
+    )
+    psfs = []
+    for name, sigma in (("narrow.tif", 0.7), ("wide.tif", 2.0)):
+        z, y, x = np.mgrid[-3:4, -5:6, -5:6]
+        psf = np.exp(-(z**2 + y**2 + x**2) / (2 * sigma**2)).astype(np.float32)
+        tifffile.imwrite(tmp_path / name, psf)
+        psfs += ["--psf", str(tmp_path / name)]
+    out = tmp_path / "two_rl.tif"
+    assert main(["run", str(image), *psfs, "-o", str(out), "--iterations", "3", "-q"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [Path(p["path"]).name for p in record["psf_files"]] == ["narrow.tif", "wide.tif"]
+    result = read_tiff(out).data
+    assert not np.allclose(result[:, 0], result[:, 1])
 
 
 def test_another_module_can_register_a_subcommand(monkeypatch, capsys):

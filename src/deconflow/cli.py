@@ -141,7 +141,9 @@ def _run_one(job: Any, quiet: bool) -> Any:
     return outcome
 
 
-def _job(args: argparse.Namespace, image: Path, psf: Path, output: Path, overwrite: bool) -> Any:
+def _job(
+    args: argparse.Namespace, image: Path, psfs: Sequence[Path], output: Path, overwrite: bool
+) -> Any:
     from deconflow.batch.settings import settings_from_args
     from deconflow.batch.task import FileJob
 
@@ -149,7 +151,7 @@ def _job(args: argparse.Namespace, image: Path, psf: Path, output: Path, overwri
     return FileJob(
         str(image.resolve()),
         str(output.resolve()),
-        (str(psf.resolve()),),
+        tuple(str(psf.resolve()) for psf in psfs),
         settings,
         voxel_size_um=check_voxel_argument(getattr(args, "voxel_size", None), "--voxel-size"),
         psf_voxel_size_um=check_voxel_argument(
@@ -168,7 +170,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out_dir: Path = args.out.resolve()
     tiff_path = out_dir / "confocal_grid_deconvolved.tif"
     # the demo owns its output folder: replace whatever an older demo left there
-    job = _job(args, folder / SAMPLE_IMAGE, folder / SAMPLE_BEAD, tiff_path, overwrite=True)
+    job = _job(args, folder / SAMPLE_IMAGE, [folder / SAMPLE_BEAD], tiff_path, overwrite=True)
     outcome = _run_one(job, args.quiet)
     raw, result = read_tiff(folder / SAMPLE_IMAGE), read_tiff(tiff_path)
     figure_path = save_comparison_figure(
@@ -196,7 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     output: Path = args.output.resolve()
     # first: an existing output inside an input store must not be answered with
     # "pass --overwrite" for a path the run will refuse anyway
-    check_output_apart(output, image_path, [args.psf])
+    check_output_apart(output, image_path, args.psf)
     # an OME-Zarr output is a folder, which --overwrite replaces whole; any other folder
     # is not replaced: the write would fail after the run
     if output.is_dir() and not is_store(output):
@@ -215,8 +217,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise DeconflowError(f"{output} exists; pass --overwrite to replace it.")
     # as deconflow batch says: a folder (an OME-Zarr store too) is not "no such file"
-    if args.psf.is_dir():
-        raise DeconflowError(f"--psf {args.psf} is a folder; give the PSF's TIFF file.")
+    for psf in args.psf:
+        if psf.is_dir():
+            raise DeconflowError(f"--psf {psf} is a folder; give the PSF's TIFF file.")
     outcome = _run_one(_job(args, image_path, args.psf, output, args.overwrite), args.quiet)
     if not args.quiet:
         print(f"{outcome.status}: {output} ({outcome.seconds:.1f} s on {outcome.device or '-'})")
@@ -236,7 +239,15 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "image", type=Path, help="input TIFF / OME-TIFF / OME-Zarr (Z, CZ, TZ or TCZ axes)"
     )
-    run.add_argument("--psf", type=Path, required=True, help="bead stack or PSF TIFF")
+    # repeated, as for batch: a second --psf replaced the first, and a two-channel stack
+    # was deconvolved with the last channel's PSF for both
+    run.add_argument(
+        "--psf",
+        type=Path,
+        action="append",
+        required=True,
+        help="bead stack or PSF TIFF; repeat in channel order for one PSF per channel",
+    )
     run.add_argument(
         "-o",
         "--output",
