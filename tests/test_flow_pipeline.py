@@ -127,6 +127,29 @@ def test_first_estimate_is_cross_validated_unless_its_iterations_are_given(stack
     assert np.linalg.norm(auto.image - truth) < np.linalg.norm(given.image - truth)
 
 
+def test_choosing_the_first_estimate_count_reports_progress_and_stops_when_closed(stack):
+    # the cross-validated choice ran without an event: the widget showed no progress and
+    # its Cancel waited for the whole choice
+    image, psf, _ = stack
+    settings = DeconvolutionSettings.from_options(
+        "flow", background=BACKGROUND, device="cpu", **{**FAST, "samples": 1}
+    )
+    events = deconflow.iter_deconvolve(image, psf, settings)
+    seen = []
+    for event in events:
+        if isinstance(event, Progress) and event.message.startswith(
+            "choosing the RL iteration count: split 1 of 3"
+        ):
+            seen.append(event)
+            if len(seen) == 4:
+                break
+    events.close()  # what cancelling does: the run ends at the event it is at
+    assert [(e.stage, e.step, e.total) for e in seen] == [
+        ("estimate", k, 240) for k in (1, 2, 3, 4)
+    ]
+    assert seen[-1].message.endswith("iteration 4")
+
+
 def test_samples_drawn_together_equal_samples_drawn_one_at_a_time(stack, monkeypatch):
     # a GPU draws a tile's samples as one batch; each sample keeps its own generator, so
     # the batch changes nothing but the speed

@@ -27,8 +27,8 @@ __all__ = [
     "FlowContext",
     "brightest_window",
     "calibrate_noise",
-    "cross_validated_iterations",
     "flow_block_solver",
+    "iter_cross_validated_iterations",
     "load_flow_prior",
     "make_flow_context",
     "samples_at_once",
@@ -127,18 +127,36 @@ def brightest_window(
     return max(windows, key=lambda index: float(counts[index].sum()))
 
 
-def cross_validated_iterations(
+def iter_cross_validated_iterations(
     counts: np.ndarray, psf: np.ndarray, background: float, device: torch.device
-) -> int:
+) -> Generator[Progress, None, int]:
     """RL iterations for the first estimate, by hold-out of photons in the brightest window.
 
     One count serves every tile, so that a tiled run matches an untiled one; the
     brightest window carries the most photons, which is where over-fitting starts first.
+    A generator, as the pipeline's stages are: it yields a stage ``"estimate"`` event
+    after each RL iteration of each fold (a fold stops early once its score has not
+    improved for a while, so the count jumps to the next fold's start) and returns the
+    count.
     """
     window = brightest_window(counts, psf.shape, _CROSS_VALIDATION_WINDOW)
     block = torch.from_numpy(np.ascontiguousarray(counts[window])).to(device)
     operator = ConvolutionOperator(psf, block.shape, device=device, dtype=torch.float32)
-    return CrossValidatedStop().iterations(block, operator, background)
+    stop = CrossValidatedStop()
+    steps = stop.iter_iterations(block, operator, background)
+    while True:
+        try:
+            fold, iteration = next(steps)
+        except StopIteration as done:
+            chosen: int = done.value
+            return chosen
+        yield Progress(
+            "estimate",
+            fold * stop.max_iterations + iteration + 1,
+            stop.folds * stop.max_iterations,
+            f"choosing the RL iteration count: split {fold + 1} of {stop.folds}, "
+            f"iteration {iteration + 1}",
+        )
 
 
 def make_flow_context(

@@ -25,8 +25,8 @@ from deconflow._execute import BlockOutput, classical_block_solver, run_plan
 from deconflow._flow_choice import iter_choose_strength
 from deconflow._flow_run import (
     calibrate_noise,
-    cross_validated_iterations,
     flow_block_solver,
+    iter_cross_validated_iterations,
     load_flow_prior,
     make_flow_context,
     samples_at_once,
@@ -249,7 +249,9 @@ def iter_deconvolve(
         iterations = settings.solver.first_iterations
         if iterations is None:
             yield Progress("estimate", 0, 1, "choosing the RL iteration count (cross-validation)")
-            iterations = cross_validated_iterations(counts, prepared.data, level, device)
+            iterations = yield from iter_cross_validated_iterations(
+                counts, prepared.data, level, device
+            )
             notes.append(
                 f"first estimate: {iterations} RL iterations, chosen by cross-validation "
                 "on held-out photons"

@@ -118,6 +118,24 @@ def test_choice_is_reproducible_and_seeded():
     assert not np.array_equal(curve[: len(other)], other[: len(curve)])
 
 
+def test_the_choice_as_a_generator_reports_each_iteration_and_chooses_the_same():
+    # the pipeline reports progress (and the widget can cancel) between the iterations
+    _, op, counts = _blurred_beads(300.0)
+    stop = CrossValidatedStop(folds=2, max_iterations=40, patience=3)
+    steps, reported = stop.iter_iterations(counts, op, 2.0), []
+    while True:
+        try:
+            reported.append(next(steps))
+        except StopIteration as done:
+            chosen = done.value
+            break
+    assert chosen == stop.iterations(counts, op, 2.0)
+    per_fold = [[k for f, k in reported if f == fold] for fold in range(2)]
+    assert [f for f, _ in reported] == sorted(f for f, _ in reported)
+    assert all(ks == list(range(len(ks))) and len(ks) > 3 for ks in per_fold)
+    assert min(len(ks) for ks in per_fold) == len(stop.holdout_curve(counts, op, 2.0))
+
+
 def test_fold_stops_after_patience():
     _, op, counts = _blurred_beads(30.0)
     stop = CrossValidatedStop(folds=1, max_iterations=200, patience=3)

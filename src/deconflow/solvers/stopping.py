@@ -37,8 +37,9 @@ photon squared.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ from deconflow.physics.blur import ConvolutionOperator
 from deconflow.physics.likelihoods import PoissonLikelihood
 from deconflow.solvers._schedule import check_at_least_one, check_positive
 from deconflow.solvers.richardson_lucy import RichardsonLucy
+
+_Value = TypeVar("_Value")
 
 __all__ = [
     "DEBLUR_REGULARIZATION",
@@ -246,6 +249,17 @@ class CrossValidatedStop:
         numpy.ndarray
             One value per iteration, as long as the shortest fold ran.
         """
+        return _last_value(self.iter_holdout_curve(counts, operator, background))
+
+    def iter_holdout_curve(
+        self, counts: torch.Tensor, operator: ConvolutionOperator, background: float
+    ) -> Generator[tuple[int, int], None, np.ndarray]:
+        """Yield ``(fold, iteration)`` (from 0) after each RL iteration; return the curve.
+
+        :meth:`holdout_curve` as a generator, so that a caller reports progress and can
+        stop between iterations: on a 16×48×48 stack the choice took 1.9 s of a 6.6 s flow
+        run, during which the napari widget showed no progress and its Cancel waited.
+        """
         if not background > 0:
             raise DeconflowError(f"background must be > 0 photons, got {background}.")
         keep = 1.0 - self.holdout
@@ -257,7 +271,7 @@ class CrossValidatedStop:
             else heldout_nll
         )
         curves: list[list[float]] = []
-        for _ in range(self.folds):
+        for fold in range(self.folds):
             kept_np, held_np = split_counts(whole, keep, rng)
             kept = torch.from_numpy(kept_np).to(counts.device)
             held = torch.from_numpy(held_np).to(counts.device).double()
@@ -267,6 +281,7 @@ class CrossValidatedStop:
             for x in solver.iterate(kept, operator, keep * background):
                 value = score(held, operator.A(x), keep * background, self.holdout)
                 curve.append(value)
+                yield fold, len(curve) - 1
                 best, since = (value, 0) if value < best else (best, since + 1)
                 if since >= self.patience:
                     break
@@ -278,4 +293,21 @@ class CrossValidatedStop:
         self, counts: torch.Tensor, operator: ConvolutionOperator, background: float
     ) -> int:
         """Return the chosen iteration count (>= 1); arguments as :meth:`holdout_curve`."""
-        return int(np.argmin(self.holdout_curve(counts, operator, background))) + 1
+        return _last_value(self.iter_iterations(counts, operator, background))
+
+    def iter_iterations(
+        self, counts: torch.Tensor, operator: ConvolutionOperator, background: float
+    ) -> Generator[tuple[int, int], None, int]:
+        """:meth:`iterations` as a generator, yielding as :meth:`iter_holdout_curve` does."""
+        curve = yield from self.iter_holdout_curve(counts, operator, background)
+        return int(np.argmin(curve)) + 1
+
+
+def _last_value(steps: Generator[object, None, _Value]) -> _Value:
+    """Run a generator to its end and return what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            value: _Value = done.value
+            return value
