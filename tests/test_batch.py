@@ -320,6 +320,17 @@ def test_commented_config_keeps_exponent_like_text_as_text():
     assert DeconvolutionSettings.from_yaml(commented_yaml(settings)) == settings
 
 
+def test_commented_config_names_classes_without_their_docstring_markup():
+    # the comments showed "(:class:`~deconflow.solvers.stopping.CrossValidatedStop`)"
+    from deconflow.batch.settings import commented_yaml
+
+    text = commented_yaml()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    assert "`" not in comments and ":class:" not in comments and ":func:" not in comments
+    assert "CrossValidatedStop" in comments and "noise_to_signal_regularization" in comments
+    assert DeconvolutionSettings.from_yaml(text) == DeconvolutionSettings()
+
+
 def test_config_file_and_argument_errors(tmp_path, psf_file, capsys):
     config = tmp_path / "s.yaml"
     config.write_text("method: rl-tv\nrl_tv:\n  iterations: 2\n")

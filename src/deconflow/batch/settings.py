@@ -216,11 +216,18 @@ def _yaml_value(value: Any) -> str:
     return text.strip()[1:-1]
 
 
+#: A Sphinx cross-reference in a docstring, ``:role:`~module.Name``` (the name captured).
+_CROSS_REFERENCE = re.compile(r":(?:func|class|meth|mod|attr|data|obj):`~?([^`]+)`")
+
+
 def _comment(text: str, indent: str) -> list[str]:
     # the docstrings speak Python; the file is YAML
     for python, plain in (("``None``", "null"), ("``True``", "true"), ("``False``", "false")):
         text = text.replace(python, plain)
     text = text.replace("``", "")
+    # a cross-reference (":class:`~deconflow.solvers.stopping.CrossValidatedStop`") becomes
+    # the name it points to: the role markup meant nothing to a reader of the file
+    text = _CROSS_REFERENCE.sub(lambda match: match.group(1).rsplit(".", 1)[-1], text)
     # keep comment lines short enough to read in a terminal
     words, lines, line = text.split(), [], ""
     for word in words:

@@ -303,8 +303,9 @@ class FlowDeconvolution:
     Parameters
     ----------
     sampler : {"poisson", "exact", "pnp"}
-        :class:`~deconflow.solvers.poisson_flow.PoissonFlowSampler` (default),
-        :class:`ExactDataFlowSampler` (Gaussian data step) or :class:`PnPFlowSampler`.
+        ``"poisson"``: :class:`~deconflow.solvers.poisson_flow.PoissonFlowSampler`
+        (default); ``"exact"``: :class:`ExactDataFlowSampler` (Gaussian data step);
+        ``"pnp"``: :class:`PnPFlowSampler`.
     steps : int
         Prior (network) evaluations per sample.
     samples : int
