@@ -265,7 +265,9 @@ def estimate_camera_noise(
     levels (a few per cent of bias in the bins' variances then moves the slope by tens
     of per cent while the error stays small: 0.58-2.11 times the gain on faint stacks
     of ``benchmarks/bench_noise.py``), or where fewer than two bins of 50 voxels are
-    left, 1 ADU per photon is assumed and a :class:`~deconflow.DeconflowWarning` says so.
+    left, the gain is not measured and a :class:`~deconflow.DeconflowWarning` says so: the
+    larger of the slope and 1 ADU per photon is taken (1 without a regression), since too
+    low a gain costs the flow far more than too high (``docs/benchmarks/gain_sensitivity.md``).
     Voxels beside a camera ceiling (a maximum of 2^b - 1,
     b = 8 ... 16, held by several voxels) are left out of the bins: clipped voxels hold
     no noise. Offset and read noise are not separable from one
@@ -341,7 +343,8 @@ def estimate_camera_noise(
         When more than 70 % of the darkest voxels sit at a clipped floor: the offset and
         read noise cannot be read off the image; give them. When the levels span too
         little to tell the gain (its standard error above 20 % of it, a variance rise
-        under 25 %, or fewer than two bins): 1 is assumed; give it.
+        under 25 %, or fewer than two bins): the larger of the slope and 1 is taken;
+        give it.
     """
     arr = _checked_stack(image)
     if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 3:
@@ -405,7 +408,8 @@ def estimate_camera_noise(
         # ADU and a gain of 2.5 fell back here without a word (0.4 times the gain)
         _warn_undetermined_gain(
             f"too few voxels off the image's floor and ceiling to compare levels "
-            f"({len(centres)} intensity group{'s' if len(centres) != 1 else ''} of >= 50)"
+            f"({len(centres)} intensity group{'s' if len(centres) != 1 else ''} of >= 50)",
+            1.0,
         )
         gain = 1.0
     else:
@@ -424,12 +428,17 @@ def estimate_camera_noise(
             # levels that span less than the noise (a stack of haze and faint blur): the
             # slope is noise, 0.1-0.8 +- 0.2-0.6 on the flow benchmark's beaded rings at
             # 20 photons (gain 1)
+            # the larger of the slope and 1 is taken: too low a gain makes the flow fit the
+            # noise (half the gain cost up to 11 dB, twice it up to 2.4 dB;
+            # gain_sensitivity.md), and a camera at 2.5 ADU per photon declined here went
+            # from 0.4 times its gain (1 taken) to 0.4-2.5 times, 30 of 49 stacks >= 0.6
+            gain = max(slope, 1.0) if np.isfinite(slope) else 1.0
             _warn_undetermined_gain(
                 f"the stack's brightness varies too little: the regression gives "
                 f"{slope:.2f} ± {error:.2f} ADU per photon, and the noise variance rises "
-                f"by {100 * rise / max(darkest, 1e-30):.0f} % across the levels"
+                f"by {100 * rise / max(darkest, 1e-30):.0f} % across the levels",
+                gain,
             )
-            gain = 1.0
     if offset is not None:
         camera_offset = float(offset)
     elif max_offset is not None:
@@ -501,11 +510,16 @@ def _weighted_slope(
     return float(slope), float(intercept), error
 
 
-def _warn_undetermined_gain(reason: str) -> None:
-    """Warn that the gain cannot be read off the stack (``reason``) and 1 is assumed."""
+def _warn_undetermined_gain(reason: str, assumed: float) -> None:
+    """Warn that the gain cannot be read off the stack (``reason``) and ``assumed`` is taken."""
+    taken = (
+        "1 ADU per photon is assumed"
+        if assumed == 1.0
+        else f"{assumed:.3g} ADU per photon (the regression's slope, above 1) is taken"
+    )
     warnings.warn(
-        f"The camera gain cannot be told from the stack's noise ({reason}), so 1 ADU per "
-        "photon is assumed. Give the camera's gain: deconvolve(..., gain=), the 'flow' "
+        f"The camera gain cannot be told from the stack's noise ({reason}), so {taken}. "
+        "Give the camera's gain: deconvolve(..., gain=), the 'flow' "
         "section of a --config YAML file, or the napari widget's field. If it must be "
         "guessed, guess high: half the true gain cost the flow up to 11 dB on its "
         "benchmark, twice it up to 2.4 dB (docs/how-it-works.md).",
