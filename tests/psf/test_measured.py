@@ -144,6 +144,24 @@ def test_a_psf_that_becomes_a_point_at_the_image_voxels_warns_about_units():
     assert any("cannot sharpen" in note for note in prepared.notes)
 
 
+def test_an_undersampled_bead_upsampled_to_the_image_warns():
+    # a bead imaged with 3x3 binning: its core spans one of its voxels, and upsampling it
+    # to the image's voxels interpolated a shape that was never measured, without a word
+    coarse = gaussian_psf((21, 15, 15), (2.0, 0.6, 0.6)) * 1e4 + 5
+    with pytest.warns(DeconflowWarning, match="3x coarser along y, 3x coarser along x"):
+        prepared = prepare_psf(
+            coarse, voxel_size_um=(0.2, 0.3, 0.3), target_voxel_size_um=(0.2, 0.1, 0.1)
+        )
+    assert any("interpolated, not measured" in note for note in prepared.notes)
+    assert not any("along z" in note for note in prepared.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeconflowWarning)
+        # the same bead at the image's voxels, and a sampled one upsampled as much: silent
+        prepare_psf(coarse, voxel_size_um=(0.2, 0.3, 0.3), target_voxel_size_um=(0.2, 0.3, 0.3))
+        sampled = gaussian_psf((21, 15, 15), (2.0, 1.2, 1.2)) * 1e4 + 5
+        prepare_psf(sampled, voxel_size_um=(0.2, 0.3, 0.3), target_voxel_size_um=(0.2, 0.1, 0.1))
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
