@@ -135,6 +135,19 @@ def test_uncertainty_takes_method_flow_as_said():
     np.testing.assert_array_equal(said.std, unsaid.std)
 
 
+@pytest.mark.parametrize("method", ["rl", "wiener"])
+def test_a_single_voxel_image_is_not_reported_as_holding_nan(method):
+    # its background came out 0 / 0 (no neighbour to average), and Wiener then said
+    # "The image contains 1 NaN or Inf values"
+    from deconflow.physics.noise import estimate_background
+
+    assert estimate_background(np.array([[7.0]])) == 7.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = deconflow.deconvolve(np.full((1, 1), 5.0, np.float32), np.ones((3, 3)), method=method)
+    assert out.shape == (1, 1) and np.all(np.isfinite(out))
+
+
 def test_saturated_bead_warns_and_still_runs():
     bead = np.minimum(_bead(peak=8000.0), 4095).astype(np.uint16)
     with pytest.warns(DeconflowWarning, match="saturated"):

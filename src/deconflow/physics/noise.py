@@ -120,7 +120,10 @@ def _hollow_mean(
             left_out = weights[0] * left_out
         else:
             left_out = ndimage.correlate1d(left_out, weights, axis=axis, mode="constant")
-    return (smooth - left_out) / (mass - left_mass)
+    others = mass - left_mass
+    # a voxel with no neighbour in reach (a single-voxel image) keeps its own value: 0 / 0
+    # made the background NaN, which a Wiener run then reported as NaN in the image
+    return np.divide(smooth - left_out, others, out=arr.copy(), where=others > 0)
 
 
 def estimate_background(image: np.ndarray) -> float:
