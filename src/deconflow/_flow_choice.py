@@ -43,8 +43,8 @@ __all__ = ["StrengthChoice", "iter_choose_strength", "strength_candidates"]
 
 #: Share of the window's photons held out to score the candidates.
 _HOLDOUT = 0.2
-#: Largest window (z, y, x) the candidates run on: three short flow runs there cost ~5 s
-#: of a default 64×256×256 run's ~83 s on the 2-core CPU (``docs/benchmarks/flow_speed.md``).
+#: Largest window (z, y, x) the candidates run on: three short flow runs there cost ~12 s
+#: of a default 64×256×256 run's ~84 s on the 2-core CPU (profiled 2026-11-28).
 _WINDOW = (32, 96, 96)
 
 

@@ -190,8 +190,8 @@ def _weights(block: np.ndarray, noise: CameraNoise) -> np.ndarray:
 
 
 #: Voxels per network call from which a GPU gains nothing by batching: an H200 runs one
-#: 64×256×256 volume at 153 Mvoxel/s and four at 161, but one 32×128×128 volume at 82
-#: and eight at 156 (``docs/benchmarks/gpu.md``).
+#: 64×256×256 volume at 153 Mvoxel/s and four at 159, but one 32×128×128 volume at 67
+#: and eight at 153 (``docs/benchmarks/gpu.md``).
 _GPU_SATURATING_VOXELS = 4 * 2**20
 
 

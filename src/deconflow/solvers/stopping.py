@@ -22,8 +22,8 @@ score instead deconvolves the held-out residual with a regularised inverse
 constant (the noise) the same for every iterate, so the stop minimises the error of the
 object itself wherever the OTF exceeds about ``sqrt(eps)`` of its peak. Measured on the
 27 cases of ``benchmarks/bench_flow_quality.py`` (RL on photons, three fold seeds): the
-likelihood score lost 0.26-0.28 dB to the oracle stop on average (worst 1.81 dB), the
-deconvolved score with ``eps = 1e-3`` 0.10-0.11 dB (worst 0.73-0.85 dB); ``eps = 1e-2``
+likelihood score lost 0.25-0.26 dB to the oracle stop on average (worst 1.81 dB), the
+deconvolved score with ``eps = 1e-3`` 0.09-0.11 dB (worst 0.81 dB; ``stopping.md``); ``eps = 1e-2``
 lost 0.18 dB and ``1e-4`` 0.17-0.19 dB, the first by weighting the detail too little, the
 second by amplifying the held-out noise at the edge of the passband. With a slightly wrong
 PSF (18 cases: widefield NA 1.2 data deconvolved as NA 1.1 or 1.3, the measured bead PSF
