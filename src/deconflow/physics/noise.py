@@ -333,7 +333,8 @@ def estimate_camera_noise(
         Number of intensity bins.
     psf : numpy.ndarray, optional
         The PSF, sampled like the image (any size; centred). Falls back to the in-plane
-        residual when fewer than 5 % of the frequencies lie outside its band.
+        residual when fewer than 5 % of the frequencies lie below 1e-2 of its OTF's peak
+        (1e-3 where that leaves 5 % of them, ``physics._out_of_band``).
 
     Returns
     -------
